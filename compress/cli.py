@@ -1,0 +1,103 @@
+"""The ``compress`` command.
+
+  compress --recipe recipes/int4-vit.yaml [--model M] [--data D] [--out DIR] [--set k=v ...] [--resume]
+  compress inspect MODEL          structure, FLOPs and activation statistics
+  compress eval MODEL|ARTIFACT    evaluation alone
+  compress export MODEL           export (and verification) alone
+  compress list                   models, passes, targets and shipped recipes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import ui
+from .errors import UserError, VerificationError
+
+COMMANDS = ("inspect", "eval", "export", "list")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (implies --quiet)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default 1)")
+
+
+def _recipe_args(p: argparse.ArgumentParser, recipe_required: bool = False) -> None:
+    p.add_argument("--recipe", required=recipe_required, help="recipe YAML (see recipes/)")
+    p.add_argument("--model", help="model reference (default: the recipe's, else dinov2-s14-focus)")
+    p.add_argument("--weights", help="local weights file for --model")
+    p.add_argument("--data", help="dataset name or path (default: the recipe's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    if command is None:
+        p = argparse.ArgumentParser(prog="compress", description="Compress a ViT/CLIP model with a recipe.",
+                                    epilog=f"other commands: {', '.join(COMMANDS)} (compress COMMAND --help)")
+        _recipe_args(p, recipe_required=True)
+        p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out (fails if there is none)")
+        p.add_argument("--force", action="store_true", help="discard an earlier run in --out and start over")
+    elif command == "inspect":
+        p = argparse.ArgumentParser(prog="compress inspect", description="Show a model as vitforge sees it.")
+        p.add_argument("model", nargs="?", default=None, help="model reference or checkpoint folder")
+        p.add_argument("--weights")
+        p.add_argument("--data", default="cifar10", help="images for activation statistics")
+        p.add_argument("--images", type=int, default=8, help="how many images (0: skip statistics)")
+    elif command == "eval":
+        p = argparse.ArgumentParser(prog="compress eval", description="Evaluate a model, checkpoint or artifact.")
+        p.add_argument("target", nargs="?", default=None, help="model, checkpoint folder, or artifact (.onnx/.pte/.xml)")
+        _recipe_args(p)
+        p.add_argument("--reference", help="fp32 reference model (default: the recipe's model)")
+    elif command == "export":
+        p = argparse.ArgumentParser(prog="compress export", description="Export and verify a model or checkpoint.")
+        p.add_argument("target", nargs="?", default=None, help="model or checkpoint folder")
+        _recipe_args(p)
+        p.add_argument("--out", required=True, help="folder for the artifacts")
+    elif command == "list":
+        p = argparse.ArgumentParser(prog="compress list", description="Models, passes, targets, recipes.")
+    else:  # pragma: no cover - dispatch guards this
+        raise AssertionError(command)
+    _common(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv[1:] if command else argv)
+    ui.set_quiet(args.quiet or args.json)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads or 1))
+    from ._compat import set_threads
+
+    set_threads(args.threads)
+    try:
+        result = _dispatch(command, args, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except VerificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished passes are kept; rerun with --resume", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _dispatch(command: str | None, args, argv) -> dict:
+    from . import commands
+
+    if command is None:
+        return commands.run(args, ["compress", *argv])
+    return getattr(commands, command if command != "eval" else "evaluate")(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The CLI's commands; each returns a JSON-able result (printed with --json)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import ui
+from .errors import UserError
+from .recipes import load_recipe
+
+
+def _print(text: str) -> None:
+    if not ui.is_quiet():
+        print(text, flush=True)
+
+
+def summary_table(rows: list[dict]) -> str:
+    cols = [("artifact", lambda r: r["name"]), ("runtime", lambda r: r.get("runtime", "")),
+            ("precision", lambda r: r.get("precision", "")),
+            ("top-1", lambda r: f"{r['top1']:.2f}" if r.get("top1") is not None else "-"),
+            ("Δtop-1", lambda r: f"{r['delta_top1']:+.2f}" if r.get("delta_top1") is not None else "-"),
+            ("agree%", lambda r: f"{r['agreement']:.1f}" if r.get("agreement") is not None else "-"),
+            ("cosine", lambda r: f"{r['feature_cosine']:.5f}" if r.get("feature_cosine") is not None else "-"),
+            ("MB", lambda r: f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"),
+            ("GFLOPs", lambda r: f"{r['gflops']:.2f}" if r.get("gflops") else "-"),
+            ("p50 ms", lambda r: f"{r['latency']['p50_ms']:.1f}" if r.get("latency") else "-"),
+            ("p90 ms", lambda r: f"{r['latency']['p90_ms']:.1f}" if r.get("latency") else "-")]
+    cells = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
+
+
+def run(args, argv) -> dict:
+    from .pipeline.run import RunOptions, run_recipe
+
+    lr = load_recipe(args.recipe, args.set, model=args.model, data=args.data)
+    if args.weights:
+        lr.recipe.weights = args.weights
+    out = Path(args.out or Path("runs") / lr.recipe.name)
+    summary = run_recipe(lr, RunOptions(out, resume=args.resume, force=args.force, argv=argv))
+    ev = summary.get("evaluation")
+    if ev:
+        _print(f"\n{lr.recipe.name} on {lr.recipe.model}: top-1 by {ev['method']} on {ev['test_images']} test images")
+        _print(summary_table(ev["rows"]))
+    _print(f"\nrun folder: {out}  (report.md, manifest.json, artifacts/)")
+    return summary
+
+
+def inspect(args) -> dict:
+    from .data import load_subset
+    from .inspect import activation_stats, format_text, graph_flops, structure
+    from .pipeline.state import load_any
+
+    state = load_any(args.model, args.weights)
+    info = structure(state.model) | graph_flops(state.model)
+    if args.images > 0:
+        import torch
+
+        ds = load_subset(args.data, "test", args.images, 0, state.cfg)
+        images = torch.stack([ds[i][0] for i in ui.progress(range(len(ds)), desc="loading images")])
+        info |= {"images": len(ds), "data": args.data, "activations": activation_stats(state.model, images)}
+    _print(format_text(info))
+    return info
+
+
+def _reference_and_recipe(args):
+    from .pipeline.state import load_any
+
+    lr = load_recipe(args.recipe, args.set, model=None, data=args.data)
+    ref_name = getattr(args, "reference", None) or lr.recipe.model
+    return lr, load_any(ref_name, lr.recipe.weights)
+
+
+def evaluate(args) -> dict:
+    from .evaluation.evaluate import Evaluator
+    from .evaluation.graph_stats import graph_stats
+    from .evaluation.report_eval import latency_of
+    from .pipeline.state import load_any
+    from .runtime import RUNNERS, TorchRunner
+
+    lr, reference = _reference_and_recipe(args)
+    target = args.target or args.model or lr.recipe.model
+    ecfg = lr.recipe.evaluation
+    ev = Evaluator(reference.model, lr.recipe.data, ecfg)
+    path = Path(target)
+    row = {"name": path.name if path.exists() else target}
+    if path.is_file() or path.suffix in (".onnx", ".pte", ".xml"):
+        runtime = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".pte": "executorch", ".xml": "openvino"}.get(path.suffix)
+        if runtime is None or runtime not in RUNNERS:
+            raise UserError(f"cannot evaluate {path}: no runtime for {path.suffix!r} files here",
+                            f"supported: {', '.join(sorted(RUNNERS))}")
+        if not path.is_file():
+            raise UserError(f"artifact {path} does not exist", "check the path")
+        runner = RUNNERS[runtime](path, ecfg.latency.threads)
+        row |= {"runtime": runtime} | (graph_stats(path) if path.suffix == ".onnx" else {})
+        cfg = reference.cfg
+    else:
+        state = load_any(target, args.weights)
+        runner, cfg = TorchRunner(state.model), state.cfg
+        row |= {"runtime": "pytorch", "params": sum(p.numel() for p in state.model.parameters())}
+    row |= ev.score(runner, row["name"])
+    if ecfg.latency.enabled:
+        row["latency"] = latency_of(runner, cfg, ecfg.latency)
+    ref_row = {"name": "fp32 reference", "runtime": "pytorch", "top1": ev.reference_top1, "delta_top1": 0.0,
+               "agreement": 100.0, "feature_cosine": 1.0}
+    _print(summary_table([ref_row, row]))
+    return {"reference": ref_row, "result": row}
+
+
+def export(args) -> dict:
+    import torch
+
+    from .evaluation.evaluate import Evaluator
+    from .export.exporters import export_all
+    from .pipeline.context import RunContext
+    from .pipeline.state import load_any
+    from .utils.io import sha256_file, write_json
+
+    lr, reference = _reference_and_recipe(args)
+    target = args.target or args.model or lr.recipe.model
+    state = load_any(target, args.weights)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(lr.recipe, out, reference, [__import__("compress.targets", fromlist=["x"]).load_profile(t)
+                                                 for t in lr.recipe.targets])
+    imgs = Evaluator(reference.model, lr.recipe.data, lr.recipe.evaluation).fidelity_images()
+    with torch.inference_mode():
+        artifacts = export_all(state, ctx, imgs[: lr.recipe.export.verify.images])
+    for a in artifacts:
+        p = out / a.path
+        a.sha256 = sha256_file(p) if p.is_file() else None
+    result = {"artifacts": [a.to_dict() for a in artifacts]}
+    write_json(out / "export.json", result)
+    for a in artifacts:
+        v = a.verification or {}
+        _print(f"{a.path}: {a.precision} for {a.runtime}" + (f", max|diff| {v['max_abs']:.3g}, cosine {v['cosine']:.6f}"
+                                                            if v else ""))
+    return result
+
+
+def list(args) -> dict:  # noqa: A001 - the command is called "list"
+    from .models import SUPPORTED
+    from .pipeline.base import available_passes
+    from .targets import list_profiles
+
+    recipes = sorted(str(p) for p in Path("recipes").glob("*.yaml")) if Path("recipes").is_dir() else []
+    info = {"models": SUPPORTED, "passes": {k: v.summary for k, v in sorted(available_passes().items())},
+            "targets": list_profiles(), "recipes": recipes}
+    _print(f"models: {SUPPORTED}\n\npasses:")
+    for k, v in info["passes"].items():
+        _print(f"  {k:<12} {v}")
+    _print(f"\ntargets: {', '.join(info['targets'])}\nrecipes: {', '.join(recipes)}")
+    return info

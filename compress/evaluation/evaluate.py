@@ -1,0 +1,158 @@
+"""The evaluator: reference features and probe computed once (cached), then every variant scored the same way.
+
+Scores: top-1 (probe or the model's own head), agreement with the fp32 model's predictions,
+feature cosine to the fp32 features, per-block SQNR (PyTorch models), size, parameters
+and FLOPs from the exported graph, 1-thread latency.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import ui
+from ..data import Subset, batches, load_subset
+from ..recipes.schema import DataConfig, EvaluationConfig
+from ..utils.io import cache_dir
+from .probe import LinearProbe, pooled
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Features:
+    pooled: torch.Tensor  # [N, F] what the probe sees
+    labels: torch.Tensor
+
+
+def extract(runner, ds: Subset, batch_size: int, num_prefix: int, desc: str) -> Features:
+    feats = []
+    for x, _ in ui.progress(batches(ds, batch_size), total=(len(ds) + batch_size - 1) // batch_size,
+                            desc=desc, unit="batch"):
+        feats.append(pooled(runner(x), num_prefix).float())
+    return Features(torch.cat(feats), torch.as_tensor(ds.labels))
+
+
+class Evaluator:
+    """Scores runners (PyTorch models or artifacts) against the fp32 reference model."""
+
+    def __init__(self, reference: torch.nn.Module, data: DataConfig, cfg: EvaluationConfig, run_dir: Path | None = None):
+        self.reference, self.data, self.cfg = reference.eval(), data, cfg
+        self.run_dir = run_dir
+        self.vit = reference.cfg
+        self.key = model_fingerprint(reference)
+        self._test: Subset | None = None
+        self.probe: LinearProbe | None = None
+        self.ref_test: Features | None = None
+        self.method = cfg.method
+
+    # -- reference features and probe -------------------------------------------------
+    def _subset(self, split: str, count: int) -> Subset:
+        return load_subset(self.data.path, split, count, self.cfg.seed, self.vit)
+
+    def _cached_features(self, split: str, count: int) -> Features:
+        from ..runtime import TorchRunner
+
+        ds = self._subset(split, count)
+        tag = hashlib.sha256(f"{self.key}|{ds.source.__class__.__name__}|{getattr(ds.source, 'root', self.data.path)}|"
+                             f"{split}|{count}|{self.cfg.seed}|{ds.preprocess}".encode()).hexdigest()[:20]
+        path = cache_dir("features") / f"{tag}.safetensors"
+        if path.is_file():
+            from ..models.checkpoint import load_state_dict
+            from ..errors import UserError
+
+            try:
+                t = load_state_dict(path)
+                return Features(t["pooled"], t["labels"])
+            except UserError:
+                pass
+        f = extract(TorchRunner(self.reference), ds, self.data.batch_size, self.vit.num_prefix_tokens,
+                    f"fp32 features ({split})")
+        from safetensors.torch import save_file
+
+        from ..utils.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({"pooled": f.pooled.contiguous(), "labels": f.labels.contiguous()}, str(tmp))
+        return f
+
+    def prepare(self) -> None:
+        if self.ref_test is not None:
+            return
+        self._test = self._subset("test", self.cfg.test)
+        classes = len(self._test.source.classes)
+        if self.method == "auto":
+            self.method = "classifier" if self.vit.num_classes == classes else "probe"
+        self.ref_test = self._cached_features("test", self.cfg.test)
+        if self.method == "probe":
+            probe_path = self.run_dir / "probe.safetensors" if self.run_dir else None
+            if probe_path and probe_path.is_file():
+                self.probe = LinearProbe.load(probe_path)
+            else:
+                train = self._cached_features("train", self.cfg.probe_train)
+                ui.info(f"training linear probe on {len(train.labels)} fp32 feature vectors")
+                self.probe = LinearProbe.fit(train.pooled, train.labels, classes)
+                if probe_path:
+                    self.probe.save(probe_path)
+
+    def _predict(self, f: torch.Tensor) -> torch.Tensor:
+        return (self.probe.logits(f) if self.method == "probe" else f).argmax(1)
+
+    @property
+    def reference_top1(self) -> float:
+        self.prepare()
+        return float((self._predict(self.ref_test.pooled) == self.ref_test.labels).double().mean()) * 100
+
+    # -- scoring ------------------------------------------------------------------------
+    def score(self, runner, name: str) -> dict:
+        self.prepare()
+        f = extract(runner, self._test, self.data.batch_size, self.vit.num_prefix_tokens, f"evaluating {name}")
+        pred, ref_pred = self._predict(f.pooled), self._predict(self.ref_test.pooled)
+        cos = torch.nn.functional.cosine_similarity(f.pooled.double(), self.ref_test.pooled.double(), dim=1)
+        top1 = float((pred == f.labels).double().mean()) * 100
+        return {"top1": top1, "delta_top1": top1 - self.reference_top1,
+                "agreement": float((pred == ref_pred).double().mean()) * 100,
+                "feature_cosine": float(cos.mean()), "feature_cosine_min": float(cos.min()),
+                "images": len(f.labels), "method": self.method}
+
+    def fidelity_images(self) -> torch.Tensor:
+        ds = self._subset("test", self.cfg.fidelity_images)
+        return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+def block_sqnr(reference: torch.nn.Module, model: torch.nn.Module, images: torch.Tensor) -> list[float] | None:
+    """SQNR (dB) of each block's output vs the reference; None when widths differ (pruned embedding)."""
+    outs: dict[str, list] = {"ref": [], "new": []}
+
+    def hook(tag):
+        return lambda _m, _i, o: outs[tag].append(o.detach().double())
+
+    hs = [b.register_forward_hook(hook("ref")) for b in reference.blocks]
+    hs += [b.register_forward_hook(hook("new")) for b in model.blocks]
+    try:
+        with torch.inference_mode():
+            reference(images)
+            model(images)
+    finally:
+        for h in hs:
+            h.remove()
+    if len(outs["ref"]) != len(outs["new"]) or any(a.shape != b.shape for a, b in zip(outs["ref"], outs["new"])):
+        return None
+    return [float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum().clamp_min(1e-30))) for a, b in
+            zip(outs["ref"], outs["new"])]
+
+
+def token_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).mean())
+
+
+__all__ = ["Evaluator", "block_sqnr", "token_cosine", "model_fingerprint", "np"]

@@ -1,0 +1,1 @@
+"""Exported artifacts: ONNX export and numerical verification against the PyTorch model."""

@@ -1,0 +1,1 @@
+"""Passes, the model state they transform, and the resumable runner."""

@@ -1,0 +1,210 @@
+"""The resumable runner: passes in order, one atomic checkpoint each, then export, evaluation, report.
+
+Run folder::
+
+    recipe.yaml            the recipe as run (extends and --set resolved)
+    passes/01-<name>/      model.safetensors + config.json (config, history, chain hash), per pass
+    artifacts/             exported, verified artifacts
+    export.json            artifact list with verification and sha256 (written after the artifacts)
+    evaluation.json        scores; report.md, report.json, plots/*.png; manifest.json last
+
+Each stage carries a chain hash (model fingerprint + every pass config up to it). A rerun
+reuses every stage whose hash matches, so a run killed at any point resumes where it
+stopped and ends with the same artifacts.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .. import ui
+from ..errors import UserError
+from ..recipes import LoadedRecipe
+from ..utils.io import sha256_file, sha256_json, write_json, write_text
+from .context import RunContext
+from .state import ModelState, load_any
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    resume: bool = False  # insist on continuing an earlier run
+    force: bool = False  # discard an earlier run in the same folder
+    argv: list[str] | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _prepare_dir(out: Path, start_hash: str, opts: RunOptions) -> None:
+    prev = _read_json(out / RUN_FILE)
+    if opts.force and out.exists():
+        for sub in ("passes", "artifacts", "plots", "work"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for f in ("export.json", "evaluation.json", "report.md", "report.json", "manifest.json", "probe.safetensors"):
+            (out / f).unlink(missing_ok=True)
+        prev = None
+    elif prev is None and out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} is not empty and holds no vitforge run",
+                        "choose another --out (nothing there was touched)")
+    elif prev is not None and prev.get("start") != start_hash:
+        raise UserError(f"{out} holds a run of another model or seed", "use --force to start over, or another --out")
+    if opts.resume and prev is None:
+        raise UserError(f"nothing to resume in {out}", "drop --resume to start a new run")
+    write_json(out / RUN_FILE, {"start": start_hash})
+
+
+def run_recipe(lr: LoadedRecipe, opts: RunOptions) -> dict:
+    recipe, out = lr.recipe, Path(opts.out)
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    seed_everything(recipe.seed)
+    t = time.time()
+    reference = load_any(recipe.model, recipe.weights)
+    timings["load_model"] = time.time() - t
+    from ..evaluation.evaluate import model_fingerprint
+
+    start = sha256_json({"model": recipe.model, "weights": recipe.weights, "fp": model_fingerprint(reference.model),
+                         "seed": recipe.seed})
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_dir(out, start, opts)
+    write_text(out / "recipe.yaml", yaml.safe_dump(lr.raw, sort_keys=False))
+    targets = _targets(recipe)
+    ctx = RunContext(recipe, out, reference, targets)
+    state, chain, resumed = reference.clone(), start, 0
+    for i, (name, p) in enumerate(lr.passes):
+        chain = sha256_json({"prev": chain, "name": name, "type": p.name, "config": p.config.model_dump()})
+        ckpt = out / "passes" / f"{i + 1:02d}-{name}"
+        meta = _read_json(ckpt / "config.json")
+        if meta and meta.get("chain") == chain:
+            state, _ = ModelState.load(ckpt)
+            timings[f"pass:{name}"] = meta.get("seconds", 0.0)
+            resumed += 1
+            ui.info(f"[{i + 1}/{len(lr.passes)}] {name}: finished earlier, reusing {ckpt}")
+            continue
+        if ckpt.exists():
+            raise UserError(f"{ckpt} was made by a different recipe (passes.{name} or an earlier pass changed)",
+                            "use --force to redo the run, or another --out (nothing was touched)")
+        ui.info(f"[{i + 1}/{len(lr.passes)}] {name} ({p.name}): {p.summary}")
+        seed_everything(recipe.seed + i + 1)
+        t = time.time()
+        record = p.run(state, ctx) or {}
+        dt = time.time() - t
+        state.history.append({"name": name, "type": p.name, "config": p.config.model_dump(), **record})
+        state.save(ckpt, {"chain": chain, "seconds": dt, "pass": name})
+        timings[f"pass:{name}"] = dt
+        ui.info(f"    done in {dt:.1f}s -> {ckpt}")
+    if resumed:
+        ui.info(f"resumed: {resumed} finished pass(es) reused")
+    export = _stage(out / "export.json", chain, lambda: _export(state, ctx), timings, "export", verify_files=out)
+    evaluation = None
+    if recipe.evaluation.enabled:
+        evaluation = _stage(out / "evaluation.json", sha256_json([chain, export["artifacts"]]),
+                            lambda: _evaluate(reference, state, ctx, export), timings, "evaluation")
+    from ..report import write_report
+
+    summary = {"recipe": recipe.name, "model": recipe.model, "run_dir": str(out), "passes": state.history,
+               "artifacts": export["artifacts"], "evaluation": evaluation}
+    write_report(out, summary)
+    timings["total"] = time.time() - t_start
+    _write_manifest(out, lr, state, export, timings, opts)
+    return summary
+
+
+def _stage(path: Path, chain: str, fn, timings: dict, name: str, verify_files: Path | None = None) -> dict:
+    done = _read_json(path)
+    if done and done.get("chain") == chain and (verify_files is None or _files_intact(verify_files, done)):
+        timings[name] = done.get("seconds", 0.0)
+        ui.info(f"{name}: finished earlier, reusing {path.name}")
+        return done
+    t = time.time()
+    result = fn()
+    result |= {"chain": chain, "seconds": time.time() - t}
+    write_json(path, result)
+    timings[name] = result["seconds"]
+    return result
+
+
+def _files_intact(root: Path, done: dict) -> bool:
+    return all((root / a["path"]).exists() and (a.get("sha256") is None or sha256_file(root / a["path"]) == a["sha256"])
+               for a in done.get("artifacts", []) if not Path(root / a["path"]).is_dir())
+
+
+def _targets(recipe) -> list[dict]:
+    from ..targets import load_profile
+
+    return [load_profile(t) for t in recipe.targets]
+
+
+def _export(state: ModelState, ctx: RunContext) -> dict:
+    from ..export import exporters
+    from ..evaluation.evaluate import Evaluator
+
+    ui.info("export: writing and verifying artifacts")
+    imgs = Evaluator(ctx.reference.model, ctx.recipe.data, ctx.recipe.evaluation).fidelity_images()
+    imgs = imgs[: ctx.recipe.export.verify.images]
+    artifacts = exporters.export_all(state, ctx, imgs)
+    for a in artifacts:
+        p = ctx.run_dir / a.path
+        a.sha256 = sha256_file(p) if p.is_file() else None
+    return {"artifacts": [a.to_dict() for a in artifacts]}
+
+
+def _evaluate(reference: ModelState, state: ModelState, ctx: RunContext, export: dict) -> dict:
+    from ..evaluation.report_eval import evaluate_run
+
+    return evaluate_run(reference, state, ctx, export["artifacts"])
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("vitforge", "torch", "onnx", "onnxruntime", "timm", "numpy", "executorch", "openvino", "nncf",
+                "torch-pruning", "triton", "lxt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict, timings: dict, opts: RunOptions):
+    ckpts = []
+    for d in sorted((out / "passes").glob("*")) if (out / "passes").exists() else []:
+        if (d / "model.safetensors").is_file():
+            ckpts.append({"path": str(d.relative_to(out)), "sha256": sha256_file(d / "model.safetensors")})
+    files = [{"path": a["path"], "sha256": a["sha256"], "bytes": (out / a["path"]).stat().st_size}
+             for a in export["artifacts"] if a.get("sha256")]
+    for f in ("report.md", "report.json", "evaluation.json", "probe.safetensors", "recipe.yaml"):
+        if (out / f).is_file():
+            files.append({"path": f, "sha256": sha256_file(out / f), "bytes": (out / f).stat().st_size})
+    for f in sorted((out / "plots").glob("*.png")) if (out / "plots").exists() else []:
+        files.append({"path": str(f.relative_to(out)), "sha256": sha256_file(f), "bytes": f.stat().st_size})
+    write_json(out / "manifest.json", {
+        "tool": "vitforge", "command": opts.argv, "recipe_file": str(lr.path) if lr.path else None,
+        "recipe": lr.raw, "model": lr.recipe.model, "versions": _versions(), "passes": state.history,
+        "checkpoints": ckpts, "artifacts": export["artifacts"], "files": files,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    })

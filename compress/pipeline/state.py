@@ -1,0 +1,86 @@
+"""The model state passes transform: the module plus metadata later passes and exporters read."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..models import VisionTransformer, build
+from ..models.checkpoint import load_state_dict, save_model_dir
+from ..models.vit import ViTConfig
+
+STATE_FILE = "config.json"  # {"vit": config, "source", "history"} beside model.safetensors
+
+
+@dataclass
+class ModelState:
+    model: VisionTransformer
+    source: str
+    history: list[dict] = field(default_factory=list)  # one record per finished pass
+
+    @property
+    def cfg(self) -> ViTConfig:
+        return self.model.cfg
+
+    def record(self, pass_type: str) -> dict | None:
+        """The latest record of a pass type (e.g. the quantization spec), or None."""
+        return next((r for r in reversed(self.history) if r["type"] == pass_type), None)
+
+    def clone(self) -> "ModelState":
+        return ModelState(copy.deepcopy(self.model), self.source, copy.deepcopy(self.history))
+
+    def save(self, dest: Path, extra: dict | None = None) -> None:
+        meta = {"vit": self.cfg.to_dict(), "source": self.source, "history": self.history} | (extra or {})
+        save_model_dir(dest, self.model.state_dict(), meta)
+
+    @staticmethod
+    def is_checkpoint(path: Path) -> bool:
+        try:
+            return "vit" in json.loads((path / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["ModelState", dict]:
+        from .base import available_passes
+
+        try:
+            meta = json.loads((path / STATE_FILE).read_text())
+            cfg = ViTConfig.from_dict(meta["vit"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"checkpoint {path} has a corrupt {STATE_FILE} ({e})", "rerun the pass") from None
+        model = VisionTransformer(cfg)
+        passes = available_passes()
+        for rec in meta.get("history", []):
+            if rec["type"] not in passes:
+                raise UserError(f"checkpoint {path} was made by unknown pass {rec['type']!r}",
+                                "use the vitforge version that wrote it")
+            passes[rec["type"]].rebuild(model, rec)
+        model = _load_weights(model, load_state_dict(path / "model.safetensors"), path)
+        return cls(model.eval(), meta.get("source", str(path)), meta.get("history", [])), meta
+
+
+def _load_weights(model: torch.nn.Module, state: dict, path: Path):
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not match its own config ({str(e).splitlines()[1].strip()[:120]})",
+                        "the files were mixed up or truncated; rerun the pass") from None
+    return model
+
+
+def load_any(ref: str | None, weights: str | None = None) -> ModelState:
+    """A model reference (see compress.models) or a pipeline checkpoint folder."""
+    if ref and ModelState.is_checkpoint(Path(ref)):
+        return ModelState.load(Path(ref))[0]
+    from ..models import load_model
+
+    lm = load_model(ref, weights)
+    return ModelState(lm.model, lm.source)
+
+
+__all__ = ["ModelState", "load_any", "build"]

@@ -1,0 +1,180 @@
+"""Recipes are data: YAML, composed with ``extends:``, overridden with ``--set``, validated before anything runs.
+
+Every error names the key path and the file line, exits with code 2, and suggests the
+closest valid key for a typo.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import UserError
+from .schema import Recipe
+from .yaml_lines import Origin, load_yaml_with_lines
+
+MAX_EXTENDS = 8
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    passes: list[tuple[str, object]]  # (name, Pass instance) in order
+    raw: dict  # the merged recipe, as run
+    origins: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _merge(base: dict, over: dict, bl: dict, ol: dict, path=()) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, bl, ol, path + (k,))
+        else:
+            out[k] = v
+            for p in [p for p in bl if p[: len(path) + 1] == path + (k,)]:
+                del bl[p]
+        bl.update({p: o for p, o in ol.items() if p[: len(path) + 1] == path + (k,)})
+    return out
+
+
+def _read(path: Path, depth: int = 0) -> tuple[dict, dict]:
+    data, lines = load_yaml_with_lines(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, lines
+    if depth >= MAX_EXTENDS or not isinstance(parent, str):
+        raise UserError(f"{lines[('extends',)]}: 'extends' must name one recipe file (max depth {MAX_EXTENDS})",
+                        "write extends: base.yaml")
+    ppath = (path.parent / parent).resolve()
+    if not ppath.is_file():
+        raise UserError(f"{lines[('extends',)]}: extends {parent!r} not found (looked for {ppath})",
+                        "paths are relative to the recipe that extends them")
+    base, blines = _read(ppath, depth + 1)
+    return _merge(base, data, blines, {p: o for p, o in lines.items() if p != ("extends",)}), blines
+
+
+def _set(data: dict, origins: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r} is not key=value", "write e.g. --set evaluation.test=500")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: empty key segment", "write dotted keys like data.batch_size")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {key}: {p} is a {type(nxt).__name__}, not a mapping", "check the key path")
+        node = nxt
+    node[parts[-1]] = parsed
+    origins[tuple(parts)] = Origin(f"--set {key}", None)
+
+
+def _where(origins: dict, loc: tuple) -> str:
+    for n in range(len(loc), -1, -1):
+        o = origins.get(tuple(loc[:n]))
+        if o is not None:
+            return str(o)
+    return "recipe"
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    cls = model_cls
+    for part in loc:
+        f = cls.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(f, "annotation", None)
+        if ann is None or not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def _format(err: ValidationError, model_cls: type[BaseModel], origins: dict, prefix: tuple = ()) -> UserError:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    full = prefix + loc
+    key = ".".join(map(str, full))
+    where = _where(origins, full)
+    if e["type"] == "extra_forbidden":
+        valid = _fields_at(model_cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"did you mean {'.'.join(map(str, full[:-1] + (close[0],)))}?" if close else \
+            f"valid keys here: {', '.join(valid)}"
+        return UserError(f"{where}: unknown key {key}", hint)
+    if e["type"] == "missing":
+        return UserError(f"{where}: missing required key {key}", "add it to the recipe")
+    got = e.get("input")
+    got_s = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    return UserError(f"{where}: {key}: {e['msg'].lower()} (got {got_s})", "fix the value")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, model: str | None = None,
+                data: str | None = None) -> LoadedRecipe:
+    """Read, compose, override and validate a recipe; instantiate its passes."""
+    from ..pipeline.base import available_passes
+
+    if path is not None:
+        path = Path(path)
+        raw, origins = _read(path)
+    else:
+        raw, origins = {}, {}
+    raw = copy.deepcopy(raw)
+    for a in overrides or []:
+        _set(raw, origins, a)
+    if model:
+        raw["model"] = model
+        origins[("model",)] = Origin("--model", None)
+    if data:
+        raw.setdefault("data", {})
+        if not isinstance(raw["data"], dict):
+            raise UserError(f"{_where(origins, ('data',))}: data must be a mapping", "write data: {path: ...}")
+        raw["data"]["path"] = data
+        origins[("data", "path")] = Origin("--data", None)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise _format(e, Recipe, origins) from None
+    registry = available_passes()
+    passes = []
+    for name, cfg in recipe.passes.items():
+        cfg = dict(cfg or {})
+        ptype = cfg.pop("type", name)
+        if ptype not in registry:
+            close = difflib.get_close_matches(str(ptype), list(registry), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"available passes: {', '.join(sorted(registry))}"
+            raise UserError(f"{_where(origins, ('passes', name))}: unknown pass {ptype!r} at passes.{name}", hint)
+        cls = registry[ptype]
+        try:
+            config = cls.Config.model_validate(cfg)
+        except ValidationError as e:
+            raise _format(e, cls.Config, origins, ("passes", name)) from None
+        passes.append((name, cls(config)))
+    _check_targets(recipe, origins)
+    return LoadedRecipe(recipe, passes, raw, origins, path)
+
+
+def _check_targets(recipe: Recipe, origins: dict) -> None:
+    if not recipe.targets:
+        return
+    from ..targets import list_profiles
+
+    known = list_profiles()
+    for i, t in enumerate(recipe.targets):
+        if t not in known:
+            close = difflib.get_close_matches(t, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known targets: {', '.join(known)}"
+            raise UserError(f"{_where(origins, ('targets', i))}: unknown target {t!r} at targets.{i}", hint)
+
+
+__all__ = ["load_recipe", "LoadedRecipe", "Recipe"]

@@ -1,0 +1,72 @@
+"""The recipe schema: typed, strict (unknown keys are errors), with defaults a user can rely on."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SubsetConfig(Strict):
+    split: Literal["train", "test"] = "train"
+    count: int = Field(256, ge=1, le=1_000_000)
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    path: str = Field("cifar10", description="dataset name (cifar10, fashion-mnist) or a path")
+    calibration: SubsetConfig = SubsetConfig(split="train", count=128, seed=0)
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+class LatencyConfig(Strict):
+    enabled: bool = True
+    warmup: int = Field(5, ge=0, le=1000)
+    runs: int = Field(30, ge=1, le=100_000)
+    threads: int = Field(1, ge=1, le=256)
+    batch: int = Field(1, ge=1, le=1024)
+    pytorch: bool = True  # also time the PyTorch model, side by side
+
+
+class EvaluationConfig(Strict):
+    enabled: bool = True
+    method: Literal["auto", "probe", "classifier"] = "auto"
+    probe_train: int = Field(2000, ge=10, le=1_000_000)
+    test: int = Field(2000, ge=10, le=1_000_000)
+    seed: int = 0
+    fidelity_images: int = Field(16, ge=1, le=10_000)
+    latency: LatencyConfig = LatencyConfig()
+
+
+class VerifyConfig(Strict):
+    images: int = Field(8, ge=1, le=1024)
+    max_abs: float = Field(1e-3, gt=0)
+    min_cosine: float = Field(0.9999, gt=0, le=1)
+
+
+class OnnxConfig(Strict):
+    opset: int = Field(17, ge=13, le=23)
+    dynamic_batch: bool = True
+    filename: str = "model.onnx"
+
+
+class ExportConfig(Strict):
+    onnx: OnnxConfig = OnnxConfig()
+    verify: VerifyConfig = VerifyConfig()
+
+
+class Recipe(Strict):
+    name: str = "recipe"
+    description: str = ""
+    extends: str | None = None
+    model: str = "dinov2-s14-focus"
+    weights: str | None = None
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    passes: dict[str, dict | None] = Field(default_factory=dict)
+    export: ExportConfig = ExportConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    targets: list[str] = Field(default_factory=list)

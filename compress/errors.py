@@ -8,6 +8,7 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None):
+        message = " ".join(str(message).split())  # always one line
         self.message, self.hint = message, hint
         super().__init__(f"{message}; {hint}" if hint else message)
 

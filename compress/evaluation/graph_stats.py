@@ -64,13 +64,16 @@ def graph_stats(path: str | Path) -> dict:
             a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
             weight_params += a["K"] * a["N"]
             counted.update(n.input[1:])
+    # count per use: the exporter shares identical initializers (e.g. fresh zero biases) between nodes
     params = weight_params
-    for name, t in inits.items():
-        if name in counted or t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-            continue
-        numel = int(np.prod(t.dims)) if t.dims else 1
-        if numel > 1:
-            params += numel
+    for n in model.graph.node:
+        for name in n.input:
+            t = inits.get(name)
+            if t is None or name in counted or t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+                continue
+            numel = int(np.prod(t.dims)) if t.dims else 1
+            if numel > 1:
+                params += numel
     return {"params": int(params), "gflops": flops / 1e9, "flops_unknown_nodes": unknown,
             "size_mb": Path(path).stat().st_size / 2**20, "nodes": len(model.graph.node),
             "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)}

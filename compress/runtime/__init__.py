@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 
-def ort_session(path: str | Path, threads: int = 1, profile: bool = False):
+def ort_session(path: str | Path | bytes, threads: int = 1, profile: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -19,7 +19,8 @@ def ort_session(path: str | Path, threads: int = 1, profile: bool = False):
     so.log_severity_level = 3
     if profile:
         so.enable_profiling = True
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 class TorchRunner:

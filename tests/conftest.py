@@ -1,0 +1,66 @@
+"""Shared fixtures: one thread, tiny models, small image folders, the real CIFAR-10 archive when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar_path() -> str:
+    if not CIFAR.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR}")
+    return str(CIFAR)
+
+
+def tiny_config(**kw):
+    from compress.models.vit import ViTConfig
+
+    base = dict(img_size=32, patch_size=8, global_pool="none", layer_scale=True, name="tiny")
+    return ViTConfig.uniform(kw.pop("embed_dim", 32), kw.pop("depth", 2), kw.pop("num_heads", 2), **(base | kw))
+
+
+@pytest.fixture
+def tiny_model():
+    from compress.models import build
+
+    torch.manual_seed(0)
+    m = build(tiny_config())
+    with torch.no_grad():  # non-trivial LayerScale so folding is tested for real
+        for blk in m.blocks:
+            blk.ls1.gamma.uniform_(0.5, 1.5)
+            blk.ls2.gamma.uniform_(0.5, 1.5)
+    return m
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 40, split: str | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    base = root / split if split else root
+    for c in range(classes):
+        d = base / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            arr[..., c % 3] = 200  # a class-dependent colour: learnable by a probe
+            Image.fromarray(arr).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    root = tmp_path / "imgs"
+    make_image_folder(root, split="train")
+    make_image_folder(root, split="test")
+    return root

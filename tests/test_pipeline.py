@@ -1,0 +1,120 @@
+"""The runner: checkpoints per pass, resume after kill -9, identical final artifacts, honest report files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.pipeline.state import ModelState
+
+pytestmark = pytest.mark.timeout(300)
+
+RECIPE = """
+name: tiny-run
+model: timm:vit_tiny_patch16_224
+seed: 3
+data: {{path: {data}, calibration: {{count: 8}}, batch_size: 4}}
+passes:
+  fold: {{}}
+evaluation: {{probe_train: 12, test: 12, fidelity_images: 4, latency: {{runs: 2, warmup: 1}}}}
+export: {{verify: {{images: 2}}}}
+"""
+
+
+def _cmd(recipe: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "compress", "--recipe", str(recipe), "--out", str(out), "--quiet", *extra]
+
+
+def _env(tmp_path):
+    return os.environ | {"VITFORGE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def _artifact_hashes(out: Path) -> dict:
+    return {a["path"]: a["sha256"] for a in json.loads((out / "export.json").read_text())["artifacts"]}
+
+
+def test_kill_9_then_resume_gives_identical_artifacts(tmp_path, image_folder):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=image_folder))
+    env = _env(tmp_path)
+    clean = tmp_path / "clean"
+    subprocess.run(_cmd(recipe, clean), env=env, check=True, timeout=240)
+    want = _artifact_hashes(clean)
+    assert len(want) == 2  # baseline-fp32.onnx and model.onnx
+
+    out, kills = tmp_path / "killed", 0
+    for delay in (1.0, 3.0, 5.0, 7.0, 9.0, 12.0):
+        p = subprocess.Popen(_cmd(recipe, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if p.poll() is not None:
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        kills += 1
+        for ckpt in sorted((out / "passes").glob("*")) if (out / "passes").exists() else []:
+            ModelState.load(ckpt)  # every finished pass is intact
+    r = subprocess.run(_cmd(recipe, out, "--resume"), env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert kills >= 1
+    assert _artifact_hashes(out) == want
+    manifest = json.loads((out / "manifest.json").read_text())
+    for f in manifest["files"]:
+        from compress.utils.io import sha256_file
+
+        assert sha256_file(out / f["path"]) == f["sha256"]
+
+
+def test_rerun_resumes_and_changed_recipe_is_refused(tmp_path, image_folder):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=image_folder))
+    env, out = _env(tmp_path), tmp_path / "run"
+    subprocess.run(_cmd(recipe, out), env=env, check=True, timeout=240)
+    mtime = (out / "passes" / "01-fold" / "model.safetensors").stat().st_mtime_ns
+    r = subprocess.run(_cmd(recipe, out)[:-1], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and "finished earlier, reusing" in r.stderr
+    assert (out / "passes" / "01-fold" / "model.safetensors").stat().st_mtime_ns == mtime  # not redone
+    recipe.write_text(RECIPE.format(data=image_folder).replace("fold: {}", "fold: {layer_scale: false}"))
+    r = subprocess.run(_cmd(recipe, out), env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 2 and "was made by a different recipe" in r.stderr
+    assert (out / "passes" / "01-fold" / "model.safetensors").stat().st_mtime_ns == mtime  # nothing lost
+    r = subprocess.run(_cmd(recipe, tmp_path / "fresh", "--resume"), env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_run_outputs_report_manifest_and_fold_is_exact(tmp_path, image_folder, tiny_model):
+    from compress.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=image_folder))
+    out = tmp_path / "run"
+    assert main(["--recipe", str(recipe), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in report["evaluation"]["rows"]}
+    # fold is exact: the folded model agrees with fp32 on every image
+    assert rows["onnx-fp32"]["agreement"] == 100.0 and rows["onnx-fp32"]["feature_cosine"] > 0.99999
+    assert rows["onnx-fp32"]["gflops"] == pytest.approx(rows["baseline-fp32"]["gflops"], rel=1e-3)
+    assert rows["onnx-fp32"]["latency"]["p50_ms"] > 0
+    assert (out / "plots" / "latency_accuracy.png").stat().st_size > 1000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch"].startswith("2.13.0") and "onnxruntime" in manifest["versions"]
+    assert {a["name"] for a in manifest["artifacts"]} == {"baseline-fp32", "onnx-fp32"}
+    for a in manifest["artifacts"]:
+        assert a["verification"]["passed"] and a["verification"]["max_abs"] < 1e-3
+    assert "| onnx-fp32 | onnxruntime | fp32 |" in (out / "report.md").read_text()
+    # the fold pass on its own: exact to float rounding
+    from compress.passes.fold import FoldConfig, FoldPass
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = tiny_model(x)
+        state = ModelState(tiny_model, "tiny")
+        FoldPass(FoldConfig()).run(state, None)
+        assert not state.cfg.layer_scale
+        assert (state.model(x) - want).abs().max() < 1e-5

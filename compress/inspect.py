@@ -11,11 +11,13 @@ from .models.vit import Softmax
 
 def structure(model) -> dict:
     cfg = model.cfg
-    blocks = [{"block": i, "heads": b.num_heads, "qk_dim": b.qk_dim, "v_dim": b.v_dim, "mlp_dim": b.mlp_dim,
+    blocks = [{"block": i, "dim": blk.norm1.normalized_shape[0], "heads": b.num_heads, "qk_dim": b.qk_dim,
+               "v_dim": b.v_dim, "mlp_dim": b.mlp_dim,
                "params": sum(p.numel() for p in blk.parameters())} for i, (b, blk) in enumerate(zip(cfg.blocks, model.blocks))]
     total = sum(p.numel() for p in model.parameters())
     emb = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("blocks.", "head.", "norm.")))
-    return {"name": cfg.name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "patch_size": cfg.patch_size,
+    return {"name": cfg.name, "family": getattr(cfg, "family", "vit"), "embed_dim": cfg.embed_dim, "depth": cfg.depth,
+            "patch_size": cfg.patch_size,
             "img_size": cfg.img_size, "tokens": cfg.num_tokens, "act": cfg.act, "layer_scale": cfg.layer_scale,
             "output": "tokens" if cfg.global_pool == "none" else f"{cfg.global_pool}-pooled -> head[{cfg.num_classes}]",
             "params": total, "params_embedding": emb, "blocks": blocks,
@@ -71,14 +73,16 @@ def activation_stats(model, images: torch.Tensor) -> list[dict]:
 
 
 def format_text(info: dict) -> str:
-    L = [f"{info['name']}: ViT, embed {info['embed_dim']}, depth {info['depth']}, patch {info['patch_size']}, "
+    family = {"vit": "ViT", "swin": "Swin"}.get(info.get("family", "vit"), info.get("family"))
+    L = [f"{info['name']}: {family}, embed {info['embed_dim']}, depth {info['depth']}, patch {info['patch_size']}, "
          f"{info['img_size']}px -> {info['tokens']} tokens, output {info['output']}",
          f"parameters {info['params'] / 1e6:.2f} M (embedding {info['params_embedding'] / 1e6:.2f} M), "
          f"{info.get('gflops', float('nan')):.2f} GFLOPs per image (counted on the ONNX graph)"]
     if info.get("randomly_initialized"):
         L.append("note: randomly initialized weights (no --weights given)")
-    L += ["", "block  heads  qk_dim  v_dim  mlp_dim  params"]
-    L += [f"{b['block']:>5}  {b['heads']:>5}  {b['qk_dim']:>6}  {b['v_dim']:>5}  {b['mlp_dim']:>7}  {b['params'] / 1e6:.2f}M"
+    L += ["", "block  dim  heads  qk_dim  v_dim  mlp_dim  params"]
+    L += [f"{b['block']:>5}  {b['dim']:>4}  {b['heads']:>5}  {b['qk_dim']:>6}  {b['v_dim']:>5}  {b['mlp_dim']:>7}  "
+          f"{b['params'] / 1e6:.2f}M"
           for b in info["blocks"]]
     if info.get("activations"):
         L += ["", f"activation statistics on {info['images']} images from {info['data']}:",

@@ -1,11 +1,16 @@
-"""Console output: progress bars and messages on stderr, silenced by --quiet/--json."""
+"""Console output: progress bars and messages on stderr, silenced by --quiet/--json.
+
+On a terminal, tqdm bars; in logs (stderr not a TTY), one plain line every 30 s.
+"""
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm.auto import tqdm
 
 _QUIET = False
+LOG_EVERY_S = 30.0
 
 
 def set_quiet(quiet: bool) -> None:
@@ -26,6 +31,23 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def _log_progress(iterable, total, desc, unit):
+    total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+    start = last = time.time()
+    for i, item in enumerate(iterable):
+        yield item
+        now = time.time()
+        if now - last >= LOG_EVERY_S:
+            last = now
+            rate = (i + 1) / (now - start)
+            left = f", ~{(total - i - 1) / rate:.0f}s left" if total else ""
+            print(f"{desc}: {i + 1}/{total or '?'} {unit}{left}", file=sys.stderr, flush=True)
+
+
 def progress(iterable=None, total=None, desc: str = "", unit: str = "it"):
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True if _QUIET else None, file=sys.stderr,
-                mininterval=1.0, leave=False, dynamic_ncols=True)
+    if _QUIET:
+        return iterable
+    if not sys.stderr.isatty():
+        return _log_progress(iterable, total, desc, unit)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5, leave=False,
+                dynamic_ncols=True)

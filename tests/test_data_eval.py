@@ -119,3 +119,24 @@ def test_subset_on_real_cifar(cifar_path):
     assert len(ds) == 20 and np.bincount(ds.labels).tolist() == [2] * 10
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and ds.source.classes[0] == "airplane"
+
+
+def test_classifier_models_are_scored_with_their_own_head(image_folder):
+    from conftest import tiny_config
+
+    from compress.evaluation.evaluate import Evaluator
+    from compress.models import build
+    from compress.recipes.schema import DataConfig, EvaluationConfig
+    from compress.runtime import TorchRunner
+
+    torch.manual_seed(0)
+    model = build(tiny_config(global_pool="token", num_classes=3))
+    ev = Evaluator(model, DataConfig(path=str(image_folder), batch_size=4),
+                   EvaluationConfig(probe_train=12, test=18))
+    ev.prepare()
+    assert ev.method == "classifier" and ev.probe is None
+    with torch.no_grad():
+        x = torch.stack([ev._test[i][0] for i in range(len(ev._test))])
+        want = (model(x).argmax(1).numpy() == ev._test.labels).mean() * 100
+    s = ev.score(TorchRunner(model), "self")
+    assert s["top1"] == pytest.approx(want) and s["agreement"] == 100.0

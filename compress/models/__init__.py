@@ -2,7 +2,7 @@
 
 A reference is one of:
   ``dinov2-s14-focus`` (alias ``default``)   the embedded pretrained DINOv2 ViT-S/14
-  ``timm:<arch>[@weights]``                   a timm VisionTransformer, local weights or random init
+  ``timm:<arch>[@weights]``                   a timm VisionTransformer, Swin or EVA-01, local weights or random init
   ``open_clip:<arch>[@weights]``              an open_clip ViT visual tower
   ``<dir>``                                   a Hugging Face ViT/DINOv2/CLIP folder, or a vitforge model folder
 Weights are read from local files only, safely (safetensors or weights-only torch.load).
@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .swin import SwinConfig, SwinTransformer
 from .vit import BlockConfig, ViTConfig, VisionTransformer
 
 DEFAULT_MODEL = "dinov2-s14-focus"
 SUPPORTED = (
-    "dinov2-s14-focus (embedded), timm:<arch> (VisionTransformer family: ViT, DeiT, DINOv2, CLIP), "
+    "dinov2-s14-focus (embedded), timm:<arch> (VisionTransformer family: ViT, DeiT, DINOv2, CLIP; "
+    "SwinTransformer: swin_*; Eva: EVA-01 / EVA-CLIP), "
     "open_clip:<arch> (ViT towers), a Hugging Face folder (vit, dinov2, clip, clip_vision_model), "
     "a vitforge checkpoint folder (config.json + model.safetensors)"
 )
@@ -31,8 +33,23 @@ class LoadedModel:
     source: str
 
 
-def build(cfg: ViTConfig, state: dict | None = None) -> VisionTransformer:
-    model = VisionTransformer(cfg)
+# model family -> (config class, model class); a saved config names its family in a "family" key,
+# a config without one is a ViT (every checkpoint written before families existed)
+FAMILIES: dict[str, tuple[type, type]] = {"vit": (ViTConfig, VisionTransformer), "swin": (SwinConfig, SwinTransformer)}
+
+
+def config_from_dict(d: dict):
+    if not isinstance(d, dict):
+        raise TypeError(f"a model config is a mapping, not {type(d).__name__}")
+    family = d.get("family", "vit")
+    if family not in FAMILIES:
+        raise UserError(f"unknown model family {family!r} in a saved config",
+                        f"known families: {', '.join(FAMILIES)}; use the vitforge version that wrote it")
+    return FAMILIES[family][0].from_dict({k: v for k, v in d.items() if k != "family"})
+
+
+def build(cfg: ViTConfig | SwinConfig, state: dict | None = None) -> VisionTransformer | SwinTransformer:
+    model = next(m for c, m in FAMILIES.values() if type(cfg) is c)(cfg)
     if state is not None:
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
@@ -90,5 +107,5 @@ def _resolve(ref: str, weights: str | None) -> tuple[ViTConfig, dict]:
     raise UserError(f"unknown model {ref!r}", f"supported: {SUPPORTED}")
 
 
-__all__ = ["BlockConfig", "ViTConfig", "VisionTransformer", "LoadedModel", "load_model", "build",
-           "DEFAULT_MODEL", "SUPPORTED"]
+__all__ = ["BlockConfig", "ViTConfig", "VisionTransformer", "SwinConfig", "SwinTransformer", "FAMILIES",
+           "config_from_dict", "LoadedModel", "load_model", "build", "DEFAULT_MODEL", "SUPPORTED"]

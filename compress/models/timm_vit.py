@@ -1,4 +1,5 @@
-"""timm ``VisionTransformer`` family (ViT, DeiT, DeiT-III, DINOv2, CLIP-in-timm) to the canonical ViT."""
+"""timm ``VisionTransformer`` family (ViT, DeiT, DeiT-III, DINOv2, CLIP-in-timm) to the canonical ViT;
+timm ``SwinTransformer`` and ``Eva`` dispatch to ``swin.from_timm`` / ``eva.from_timm``."""
 from __future__ import annotations
 
 import torch
@@ -30,10 +31,14 @@ def create(arch: str, weights: str | None = None, **kwargs) -> tuple[ViTConfig, 
 def from_module(m: nn.Module, name: str = "timm", randomly_initialized: bool = False) -> tuple[ViTConfig, dict]:
     from timm.models.vision_transformer import VisionTransformer
 
+    family = _other_family(m)
+    if family is not None:
+        return family(m, name, randomly_initialized)
     if type(m) is not VisionTransformer:
         raise UserError(f"timm class {type(m).__name__} ({name}) is not supported",
                         "supported timm classes: VisionTransformer (vit_*, deit_*, deit3_*, *_dinov2, "
-                        "vit_*_clip_*); distilled DeiT, Swin and EVA-02 are not")
+                        "vit_*_clip_*), SwinTransformer (swin_*, swin_s3_*), Eva (EVA-01 / EVA-CLIP: "
+                        "eva_giant_patch14_*); distilled DeiT, SwinV2 and EVA-02 are not")
     if getattr(m, "attn_pool", None) is not None or m.global_pool not in ("token", "avg", ""):
         raise UserError(f"{name}: pooling {m.global_pool!r} is not supported", "use token or avg pooling")
     blk0 = m.blocks[0]
@@ -97,3 +102,13 @@ def from_module(m: nn.Module, name: str = "timm", randomly_initialized: bool = F
         if cfg.layer_scale:
             out[t + "ls1.gamma"], out[t + "ls2.gamma"] = sd[s + "ls1.gamma"], sd[s + "ls2.gamma"]
     return cfg, out
+
+
+def _other_family(m: nn.Module):
+    """The converter for timm classes other than VisionTransformer (Swin, Eva), or None."""
+    from timm.models.eva import Eva
+    from timm.models.swin_transformer import SwinTransformer
+
+    from . import eva, swin
+
+    return {SwinTransformer: swin.from_timm, Eva: eva.from_timm}.get(type(m))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models import VisionTransformer, build
+from ..models import VisionTransformer, build, config_from_dict
 from ..models.checkpoint import load_state_dict, save_model_dir
 from ..models.vit import ViTConfig
 
@@ -50,10 +50,10 @@ class ModelState:
 
         try:
             meta = json.loads((path / STATE_FILE).read_text())
-            cfg = ViTConfig.from_dict(meta["vit"])
+            cfg = config_from_dict(meta["vit"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"checkpoint {path} has a corrupt {STATE_FILE} ({e})", "rerun the pass") from None
-        model = VisionTransformer(cfg)
+        model = build(cfg)  # the class of the family the config names
         passes = available_passes()
         for rec in meta.get("history", []):
             if rec["type"] not in passes:

@@ -171,6 +171,7 @@ def _check_targets(recipe: Recipe, origins: dict) -> None:
 
     known = list_profiles()
     for i, t in enumerate(recipe.targets):
+        t = t if isinstance(t, str) else t.name  # a TargetSpec
         if t not in known:
             close = difflib.get_close_matches(t, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known targets: {', '.join(known)}"

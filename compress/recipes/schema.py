@@ -45,6 +45,10 @@ class VerifyConfig(Strict):
     images: int = Field(8, ge=1, le=1024)
     max_abs: float = Field(1e-3, gt=0)
     min_cosine: float = Field(0.9999, gt=0, le=1)
+    # quantized artifacts vs the fake-quantized PyTorch model: the same integer grids, but a float ulp can
+    # flip one rounding, which then propagates; compared on the encoder's output tokens
+    quantized_max_abs: float = Field(1.0, gt=0)
+    quantized_min_cosine: float = Field(0.999, gt=0, le=1)
 
 
 class OnnxConfig(Strict):
@@ -58,6 +62,23 @@ class ExportConfig(Strict):
     verify: VerifyConfig = VerifyConfig()
 
 
+class TargetCheck(Strict):
+    """What a compressed artifact must achieve on its target, measured against the fp32 (or fp16) artifact there."""
+
+    min_speedup: float | None = Field(None, gt=0, description="p50 speed-up over the baseline artifact, same runtime")
+    baseline: Literal["fp32", "fp16"] = "fp32"
+    on_fail: Literal["error", "warn"] = "error"
+
+
+class TargetSpec(Strict):
+    """A target with options; a plain string names a profile in targets/profiles/ with its defaults."""
+
+    name: str
+    precision: str | None = None  # wanted precision; the nearest the device runs is used and said
+    exporters: list[str] | None = None  # default: the profile's
+    targets_check: TargetCheck | None = None
+
+
 class Recipe(Strict):
     name: str = "recipe"
     description: str = ""
@@ -69,4 +90,5 @@ class Recipe(Strict):
     passes: dict[str, dict | None] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    targets: list[str] = Field(default_factory=list)
+    targets: list[str | TargetSpec] = Field(default_factory=list)
+    targets_check: TargetCheck | None = None  # applies to every target without its own

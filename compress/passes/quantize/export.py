@@ -1,0 +1,122 @@
+"""Exporters run when a ``quantize`` pass is in the history: Q/DQ ONNX for ONNX Runtime and TensorRT,
+MatMulNBits for ONNX Runtime CPU. Each artifact is checked, loaded back in ONNX Runtime and compared to
+the PyTorch model that computes the same numbers (the fake-quantized model, or its TensorRT fallback).
+"""
+from __future__ import annotations
+
+import copy
+
+import onnx
+import torch
+
+from ... import ui
+from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.verify import check_onnx, verify
+from ...runtime import OrtRunner, TorchRunner
+from ...utils.io import atomic_path
+from .config import QuantizeConfig
+from .export_nbits import build_nbits
+from .export_qdq import build_qdq
+from .modules import QuantConv2d, QuantLinear, QuantMatMul, quantized_modules
+from .quantize_pass import precision_summary
+from .quantizers import LogQuantizer, UniformQuantizer
+
+FILES = {"qdq": "model-qdq.onnx", "tensorrt": "model-tensorrt-qdq.onnx", "matmulnbits": "model-matmulnbits.onnx"}
+
+
+def tensorrt_view(model) -> tuple[torch.nn.Module, list[str]]:
+    """The nearest model TensorRT runs: activations below 8 bits widen to INT8 over the same clipping range
+    (the b-bit grid is a subset of the 8-bit one: scale / 2^(8-b)); log-domain (SULQ) quantizers become
+    INT8 uniform ones over the range their grid spans."""
+    m = copy.deepcopy(model)
+    notes, widened, relogged = [], set(), 0
+    for mod in quantized_modules(m).values():
+        for slot in ("input_quant", "a_quant", "b_quant"):
+            q = getattr(mod, slot, None)
+            if isinstance(q, LogQuantizer):
+                lo = float(torch.exp2(q.lo) - q.eta)
+                hi = float(torch.exp2(q.lo + (2**q.bits - 1) * q.delta) - q.eta)
+                u = UniformQuantizer(8, symmetric=lo >= 0 or isinstance(mod, QuantMatMul))
+                u.set_range(torch.tensor(min(lo, 0.0)), torch.tensor(hi))
+                setattr(mod, slot, u)
+                relogged += 1
+            elif isinstance(q, UniformQuantizer) and q.bits < 8:
+                f = 2 ** (8 - q.bits)
+                with torch.no_grad():
+                    q.scale.div_(f)
+                    q.zero_point.mul_(f)
+                widened.add(q.bits)
+                q.bits = 8
+    if widened:
+        notes.append(f"TensorRT runs no {'/'.join(map(str, sorted(widened)))}-bit activations: they run as INT8 over "
+                     "the same clipping range (nearest supported precision; more accurate than the PyTorch model)")
+    if relogged:
+        notes.append(f"TensorRT has no log-domain (SULQ) quantizer: {relogged} post-softmax/post-GELU quantizers run "
+                     "as INT8 uniform over the same range")
+    return m, notes
+
+
+def _limits(req: ExportRequest) -> tuple[float, float]:
+    v = req.recipe.export.verify
+    return v.quantized_max_abs, v.quantized_min_cosine
+
+
+def _compute(fmt: str, model, cfg: QuantizeConfig) -> str:
+    """How the artifact's GEMMs run, for the precision string."""
+    s = precision_summary(model)
+    acts = bool(s["activation_bits"])
+    if fmt == "matmulnbits":
+        return "int8-gemm (dynamic per-block activations)" if cfg.nbits_accuracy_level == 4 else "fp32-gemm"
+    if fmt == "tensorrt":
+        return "int8-gemm" if acts else "fp16-gemm"
+    grouped = any(isinstance(m, QuantLinear) and m.weight_quant is not None and m.weight_quant.group
+                  for m in quantized_modules(model).values())
+    return "int8-gemm" if acts and not grouped else "fp32-gemm"
+
+
+def export_one(req: ExportRequest, fmt: str, cfg: QuantizeConfig) -> Artifact:
+    model = req.state.model.eval()
+    notes = []
+    ref = model
+    if fmt == "tensorrt":
+        ref, notes = tensorrt_view(model)
+        proto, more = build_qdq(req.float_onnx, ref, "tensorrt")
+    elif fmt == "matmulnbits":
+        proto, more = build_nbits(req.float_onnx, model, cfg.nbits_block, cfg.nbits_accuracy_level)
+    else:
+        proto, more = build_qdq(req.float_onnx, model, "onnxruntime")
+    notes += more
+    path = req.artifacts_dir / FILES[fmt]
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    check_onnx(path)
+    max_abs, min_cos = _limits(req)
+    if fmt == "matmulnbits" and cfg.nbits_accuracy_level:
+        min_cos = min(min_cos, 0.99)  # int8 re-quantization inside the kernel: close, not exact
+    v = verify(path, OrtRunner(path), TorchRunner(ref), req.verify_images, max_abs, min_cos)
+    ui.info(f"  verified {v.line()}")
+    label = precision_summary(ref)["label"]
+    runtime = "tensorrt" if fmt == "tensorrt" else "onnxruntime"
+    if fmt == "tensorrt":
+        notes.append("TensorRT is not installed here: verified by running the same graph in ONNX Runtime")
+    notes.append(_describe(fmt, ref, cfg))
+    return Artifact(f"quantized-{fmt}", str(path.relative_to(req.run_dir)), "onnx", runtime,
+                    f"{label} {_compute(fmt, ref, cfg)}", notes=notes, verification=v.to_dict(),
+                    evaluate=fmt in cfg.evaluate and runtime == "onnxruntime")
+
+
+def _describe(fmt: str, model, cfg: QuantizeConfig) -> str:
+    mods = quantized_modules(model)
+    n_lin = sum(isinstance(m, (QuantLinear, QuantConv2d)) for m in mods.values())
+    n_att = sum(isinstance(m, QuantMatMul) for m in mods.values())
+    what = {"qdq": "Q/DQ ONNX (static per-tensor activations, integer weights)",
+            "tensorrt": "Q/DQ ONNX for TensorRT explicit quantization (symmetric activations)",
+            "matmulnbits": f"MatMulNBits weights (accuracy_level {cfg.nbits_accuracy_level})"}[fmt]
+    return f"{what}: {n_lin} weighted ops" + (f", {n_att} attention matmuls" if n_att else "") + " quantized"
+
+
+@register_exporter("quantize")
+def export_quantized(req: ExportRequest) -> list[Artifact]:
+    rec = req.state.record("quantize")
+    cfg = QuantizeConfig(**rec["config"])
+    return [export_one(req, fmt, cfg) for fmt in cfg.export]

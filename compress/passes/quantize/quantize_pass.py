@@ -1,0 +1,85 @@
+"""The ``quantize`` pass: ViT-aware post-training quantization, optionally LRP-guided mixed precision."""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from ... import ui
+from ...errors import UserError
+from ...pipeline.base import Pass, register_pass
+from . import ptq
+from .config import QuantizeConfig
+from .modules import QuantLinear, quantized_modules, wrap
+from .reconstruct import BlockReconstructor
+
+
+def precision_summary(model) -> dict:
+    """What the quantized model computes: parameter-weighted mean weight bits, widths, activation bits."""
+    mods = quantized_modules(model)
+    lin = {n: m for n, m in mods.items() if isinstance(m, QuantLinear) and m.weight_quant is not None}
+    params = {n: m.weight.numel() for n, m in lin.items()}
+    total = sum(params.values()) or 1
+    avg = sum(params[n] * m.weight_quant.bits for n, m in lin.items()) / total
+    widths = sorted({m.weight_quant.bits for m in lin.values()})
+    acts = sorted({q.bits for m in mods.values() for q in m.children() if q is not getattr(m, "weight_quant", None)})
+    attention = any(n.endswith(("qk_matmul", "av_matmul")) for n in mods)
+    return {"weight_bits_avg": avg, "weight_bits": widths, "activation_bits": acts, "attention_quantized": attention,
+            "label": precision_label(avg, widths, acts)}
+
+
+def precision_label(avg: float, widths: list[int], acts: list[int]) -> str:
+    w = f"w{widths[0]}" if len(widths) == 1 else f"w{avg:.2f}(mixed {widths[0]}-{widths[-1]})"
+    a = f"a{acts[0]}" if len(acts) == 1 else (f"a{acts[0]}-{acts[-1]}" if acts else "a32")
+    return w + a
+
+
+@register_pass
+class QuantizePass(Pass):
+    name = "quantize"
+    Config = QuantizeConfig
+    summary = "ViT-aware PTQ: post-LN reparameterization, GPTQ weights, SULQ softmax, LRP mixed precision"
+
+    def run(self, state, ctx):
+        cfg: QuantizeConfig = self.config
+        model = state.model
+        if quantized_modules(model):
+            raise UserError("the model is already quantized (a quantize pass ran earlier in this recipe)",
+                            "keep one quantize pass per recipe")
+        t0 = time.time()
+        images = torch.cat(ctx.calibration_batches(cfg.calibration_images))
+        ui.info(f"    {len(images)} calibration images")
+        record: dict = {"calibration_images": len(images)}
+        relevance = None
+        if cfg.mixed.strategy == "relevance":
+            from .relevance import relevance_profile
+
+            t = time.time()
+            prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], rule=cfg.mixed.relevance_rule)
+            relevance = prof.scores
+            record["relevance"] = {"scores": relevance, "rule": prof.rule, "target": prof.target_kind,
+                                   "images": prof.images, "seconds": time.time() - t,
+                                   "block_error": prof.block_error()}
+        record["reparam"] = ptq.reparameterize_model(model, images, cfg)
+        bits: dict[str, int] = {}
+        if cfg.mixed.strategy != "none":
+            from .mixed import allocate_widths
+
+            bits, record["mixed"] = allocate_widths(model, images, cfg, relevance)
+        reference = copy.deepcopy(model).eval()
+        recon = BlockReconstructor(cfg.reconstruction, len(model.blocks)) if cfg.reconstruction.enabled else None
+        out = ptq.quantize(model, cfg, images, bits, reference=reference, reconstruct=recon)
+        model.eval()
+        if recon is not None:
+            record["reconstruction"] = recon.log
+        record |= {"plan": out["plan"], "layer_error": out["layer_error"], "activation_error": out["activation_error"],
+                   "bits": {n: m.weight_quant.bits for n, m in quantized_modules(model).items()
+                            if getattr(m, "weight_quant", None) is not None},
+                   "precision": precision_summary(model), "seconds": time.time() - t0}
+        ui.info(f"    quantized: {record['precision']['label']} in {record['seconds']:.0f}s")
+        return record
+
+    @classmethod
+    def rebuild(cls, model, record: dict) -> None:
+        wrap(model, record["plan"])

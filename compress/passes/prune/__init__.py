@@ -1,0 +1,13 @@
+"""Hessian-aware, latency-aware global structural pruning (NViT) with distillation recovery.
+
+    passes:
+      prune: {latency_target: 0.5, criterion: hessian, recovery: {steps: 300}}
+
+Modules: ``gates`` (per-sample structure gates), ``saliency`` (Hessian / magnitude / Taylor),
+``select`` (latency-aware global greedy), ``remove`` (physical removal with Torch-Pruning),
+``distill`` (KD loss, teacher cache, recovery), ``latency`` (predicted and measured), ``pruner``
+(the pass), ``report`` (its report section). See docs/pruning.md.
+"""
+from . import report  # noqa: F401  registers the report section
+from .pruner import PruneConfig, PrunePass  # noqa: F401
+from .remove import Plan, WidthRestore, apply_plan  # noqa: F401

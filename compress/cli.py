@@ -5,6 +5,8 @@
   compress eval MODEL|ARTIFACT    evaluation alone
   compress export MODEL           export (and verification) alone
   compress list                   models, passes, targets and shipped recipes
+  compress profile ARTIFACT       latency, throughput, memory, per-op times here or on --host user@device
+  compress build --target T DIR   build the device's engine from a TensorRT build kit (run on the device)
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from . import ui
 from .errors import UserError, VerificationError
 
-COMMANDS = ("inspect", "eval", "export", "list")
+COMMANDS = ("inspect", "eval", "export", "list", "profile", "build")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -60,6 +62,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="folder for the artifacts")
     elif command == "list":
         p = argparse.ArgumentParser(prog="compress list", description="Models, passes, targets, recipes.")
+    elif command in ("profile", "build"):
+        from .targets.commands import add_arguments
+
+        p = add_arguments(command)
     else:  # pragma: no cover - dispatch guards this
         raise AssertionError(command)
     _common(p)

@@ -77,6 +77,7 @@ def evaluate(args) -> dict:
     from .evaluation.report_eval import latency_of
     from .pipeline.state import load_any
     from .runtime import RUNNERS, TorchRunner
+    from . import targets as _  # noqa: F401  registers the executorch and openvino runners
 
     lr, reference = _reference_and_recipe(args)
     target = args.target or args.model or lr.recipe.model
@@ -151,3 +152,15 @@ def list(args) -> dict:  # noqa: A001 - the command is called "list"
         _print(f"  {k:<12} {v}")
     _print(f"\ntargets: {', '.join(info['targets'])}\nrecipes: {', '.join(recipes)}")
     return info
+
+
+def profile(args) -> dict:
+    from .targets.commands import profile as run_profile
+
+    return run_profile(args)
+
+
+def build(args) -> dict:
+    from .targets.commands import build as run_build
+
+    return run_build(args)

@@ -77,4 +77,5 @@ def _has_quantizers(model) -> bool:
 def _size_mb(path: Path) -> float:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-    return path.stat().st_size / 2**20
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None  # OpenVINO IR: .xml + .bin
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file() else 0)) / 2**20

@@ -28,6 +28,7 @@ class Artifact:
     verification: dict | None = None
     sha256: str | None = None
     evaluate: bool = True  # run accuracy/latency on it here
+    check: dict | None = None  # a target's targets_check result (speed-up over its baseline)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +54,9 @@ class ExportRequest:
     verify_images: object  # torch.Tensor
     targets: list[dict]
     float_onnx: Path | None = None  # written by the base exporter, reused by graph exporters
+    reference: object = None  # the fp32 ModelState (targets export their fp32 baselines from it)
+    artifacts: list = field(default_factory=list)  # artifacts so far (target exporters convert these)
+    target: dict | None = None  # the target profile a ``target:`` exporter is called for
 
     @property
     def artifacts_dir(self) -> Path:

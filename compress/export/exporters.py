@@ -7,7 +7,7 @@ from .artifacts import EXPORTERS, Artifact, ExportRequest, export_float_onnx
 
 
 def export_all(state, ctx, images) -> list[Artifact]:
-    req = ExportRequest(state, ctx.run_dir, ctx.recipe, images, ctx.targets)
+    req = ExportRequest(state, ctx.run_dir, ctx.recipe, images, ctx.targets, reference=ctx.reference)
     artifacts = []
     changed = bool(state.history)
     if changed:  # the fp32 model, exported the same way, for side-by-side latency
@@ -24,13 +24,17 @@ def export_all(state, ctx, images) -> list[Artifact]:
     for t in graph_exporters:
         ui.info(f"export: {t} artifacts")
         artifacts += EXPORTERS[t](req)
+    from .. import targets as _  # noqa: F401  registers the target exporters
+
     for target in ctx.targets:
-        fn = EXPORTERS.get(f"target:{target.get('exporter', target['name'])}")
-        if fn is None:
-            ui.info(f"export: target {target['name']} uses the ONNX Runtime artifacts above")
-            continue
-        ui.info(f"export: target {target['name']}")
-        artifacts += fn(req)
+        for name in target.get("exporters") or [target.get("exporter", target["name"])]:
+            fn = EXPORTERS.get(f"target:{name}")
+            if fn is None:
+                ui.info(f"export: target {target['name']} uses the ONNX Runtime artifacts above")
+                continue
+            ui.info(f"export: target {target['name']} ({name})")
+            req.artifacts, req.target = list(artifacts), target
+            artifacts += fn(req)
     return artifacts
 
 

@@ -1,0 +1,314 @@
+"""Per-runtime artifacts on this machine: fp32 vs INT8 (and INT4) in ONNX Runtime, ExecuTorch/XNNPACK and
+OpenVINO, beside the peers, at 1 thread, batch 1; plus the x86 roofline and LUT estimates vs measured.
+
+    flock /tmp/vitforge-bench.lock env OMP_NUM_THREADS=1 python benchmarks/targets_bench.py \
+        --out runs/targets-bench [--models dinov2-s14-focus,timm:deit_small_patch16_224] [--test 2000] \
+        [--quant-run dinov2-s14-focus=runs/q8 ...]
+
+Per model (DINOv2 ViT-S/14 with its real weights; timm DeiT-S/16 with random weights, for latency):
+  ours   ExecuTorch fp32 and PT2E INT8 ``.pte`` (XNNPACK, the android-arm64 / raspberry-pi-5 exporter),
+         OpenVINO fp32 IR (the x86 exporter), and every quantized ONNX graph of ``--quant-run`` folders
+         (the quantize pass's INT8 / INT4 artifacts) in ONNX Runtime and as OpenVINO IR
+  peers  ONNX Runtime dynamic INT8 (``quantize_dynamic``), NNCF INT8 through OpenVINO (``nncf.quantize``,
+         transformer preset), OpenVINO's default inference precision (bf16 on this AVX512_BF16 CPU)
+Each: p50/p90 wall latency and p50 CPU time (batch 1, 1 thread), speed-up vs fp32 in the same runtime and
+vs fp32 ONNX Runtime, size, CIFAR-10 linear-probe top-1 and agreement with the fp32 model (the spine's
+Evaluator). Calibration: the same train images for every INT8 artifact. Writes ``<out>/results.json`` and
+prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def size_mb(path: Path) -> float:
+    extra = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)) / 2**20
+
+
+def time_it(fn, x, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        fn(x)
+    wall, cpu = [], []
+    for _ in range(runs):
+        w, c = time.perf_counter(), time.process_time()
+        fn(x)
+        wall.append((time.perf_counter() - w) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    return {"p50_ms": float(np.median(wall)), "p90_ms": float(np.percentile(wall, 90)),
+            "cpu_p50_ms": float(np.median(cpu)), "runs": runs}
+
+
+def calibration(model_cfg, count: int) -> list[torch.Tensor]:
+    from compress.data import load_subset
+
+    ds = load_subset("cifar10", "train", count, 1, model_cfg)  # seed 1: not the probe's training images
+    imgs = [ds[i][0] for i in range(len(ds))]
+    return [torch.stack(imgs[i:i + 16]) for i in range(0, len(imgs), 16)]
+
+
+def ort_dynamic(fp32: Path, dest: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(dest), weight_type=QuantType.QInt8, per_channel=True)
+    return dest
+
+
+def nncf_int8(fp32: Path, dest: Path, calib: list[torch.Tensor]) -> Path:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(fp32))
+    data = nncf.Dataset([x[i:i + 1].numpy() for x in calib for i in range(len(x))])
+    q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=sum(len(x) for x in calib))
+    q.set_rt_info("default", ["vitforge", "inference_precision"])  # NNCF's own way: plugin defaults
+    ov.save_model(q, str(dest), compress_to_fp16=False)
+    return dest
+
+
+def build_artifacts(ref: str, model, work: Path, calib, args) -> list[dict]:
+    from compress.export.onnx_export import export_onnx
+    from compress.targets.exporters.executorch import export_pte
+    from compress.targets.exporters.openvino import save_ir
+
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "model-fp32.onnx"
+    if not fp32.is_file():
+        export_onnx(model, fp32, 17, True)
+    arts = [{"name": "ORT fp32", "who": "baseline", "runtime": "onnxruntime", "precision": "fp32", "path": fp32}]
+    t = time.time()
+    dyn = work / "ort-dynamic-int8.onnx"
+    if not dyn.is_file():
+        ort_dynamic(fp32, dyn)
+    arts.append({"name": "ORT dynamic INT8", "who": "peer", "runtime": "onnxruntime", "precision": "int8 (dynamic)",
+                 "path": dyn, "build_s": time.time() - t})
+    ir = work / "openvino-fp32.xml"
+    if not ir.is_file():
+        save_ir(fp32, ir, "f32")
+    arts.append({"name": "OpenVINO fp32", "who": "ours", "runtime": "openvino", "precision": "fp32", "path": ir})
+    arts.append({"name": "OpenVINO default", "who": "peer", "runtime": "openvino", "precision": "default",
+                 "path": ir, "ov_precision": "default"})
+    t = time.time()
+    nn8 = work / "nncf-int8.xml"
+    if not nn8.is_file():
+        nncf_int8(fp32, nn8, calib)
+    arts.append({"name": "NNCF INT8 (OpenVINO)", "who": "peer", "runtime": "openvino", "precision": "int8",
+                 "path": nn8, "build_s": time.time() - t})
+    if not args.skip_executorch:
+        for p in ("fp32", "int8"):
+            dest = work / f"executorch-{p}.pte"
+            t = time.time()
+            if not dest.is_file():
+                log(f"  lowering {ref} to XNNPACK ({p})")
+                export_pte(model, dest, p, calib if p == "int8" else None)
+            arts.append({"name": f"ExecuTorch {p}" + (" (PT2E)" if p == "int8" else ""), "who": "ours",
+                         "runtime": "executorch", "precision": p, "path": dest, "build_s": time.time() - t})
+    for spec in args.quant_run or []:
+        model_ref, _, run_dir = spec.rpartition("=")
+        if model_ref in ("", ref):
+            arts += quant_pass_artifacts(Path(run_dir), work)
+    return arts
+
+
+def quant_pass_artifacts(run_dir: Path, work: Path) -> list[dict]:
+    """The quantize pass's ONNX graphs from a finished run, in ONNX Runtime and as OpenVINO IR."""
+    from compress.targets.exporters.openvino import save_ir
+
+    from compress.export.verify import compare
+    from compress.runtime import OrtRunner
+
+    exp = json.loads((run_dir / "export.json").read_text())
+    x = torch.randn(2, 3, *[d for d in OrtRunner(work / "model-fp32.onnx").session.get_inputs()[0].shape[2:]])
+    if compare(OrtRunner(run_dir / "artifacts" / "baseline-fp32.onnx")(x), OrtRunner(work / "model-fp32.onnx")(x))[1] < 0.99999:
+        raise SystemExit(f"{run_dir} was made from other weights than this model (compare its baseline-fp32.onnx)")
+    out = []
+    for a in exp["artifacts"]:
+        if a["format"] != "onnx" or a["precision"] == "fp32" or a["runtime"] != "onnxruntime":
+            continue  # (the TensorRT-flavoured Q/DQ graph is for the Jetson kits)
+        path = run_dir / a["path"]
+        tag = f"quant pass {a['name'].replace('quantized-', '')}"
+        out.append({"name": f"{tag} (ORT)", "who": "ours", "runtime": "onnxruntime", "precision": a["precision"],
+                    "path": path, "from": str(run_dir)})
+        ir = work / f"quant-{run_dir.name}-{path.stem}.xml"
+        try:
+            save_ir(path, ir, "f32")
+        except Exception as e:  # noqa: BLE001 - e.g. contrib ops OpenVINO cannot read
+            log(f"  OpenVINO cannot read {path.name}: {str(e).splitlines()[0][:120]}")
+            continue
+        for hint in ("f32", "bf16"):  # float layers in fp32, or in bf16 as the x86 exporter ships them
+            out.append({"name": f"{tag} (OpenVINO, {hint} float layers)", "who": "ours",
+                        "runtime": "openvino", "precision": a["precision"], "path": ir, "ov_precision": hint,
+                        "from": str(run_dir)})
+    return out
+
+
+def runner_for(a: dict):
+    from compress.runtime import RUNNERS
+    from compress.targets.runners import OpenVINORunner
+
+    if a["runtime"] == "openvino" and a.get("ov_precision"):
+        return OpenVINORunner(a["path"], 1, precision=a["ov_precision"])
+    return RUNNERS[a["runtime"]](a["path"], 1)
+
+
+def bench_model(ref: str, args) -> dict:
+    from compress.evaluation.evaluate import Evaluator
+    from compress.pipeline.run import seed_everything
+    from compress.pipeline.state import load_any
+    from compress.recipes.schema import DataConfig, EvaluationConfig
+    from compress.targets.latency import load_latency_model, roofline_model
+
+    seed_everything(0)  # as `compress --recipe` does (seed 0): the same random DeiT weights as a --quant-run
+    state = load_any(ref)
+    model, cfg = state.model.eval(), state.cfg  # classifiers keep their head: the probe reads the logits
+    work = Path(args.out) / "work" / ref.replace(":", "_")
+    calib = calibration(cfg, args.calibration)
+    arts = build_artifacts(ref, model, work, calib, args)
+    ev = None
+    if args.test:
+        ev = Evaluator(model, DataConfig(path="cifar10", batch_size=16),
+                       EvaluationConfig(test=args.test, probe_train=args.probe_train, method="probe"))
+        ev.prepare()
+    x = torch.randn(1, 3, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for a in arts:
+        log(f"  {ref}: {a['name']}")
+        run = runner_for(a)
+        row = {k: (str(v) if isinstance(v, Path) else v) for k, v in a.items()}
+        if a["runtime"] == "openvino":
+            row["ov_inference_precision"] = run.precision
+        row["latency"] = time_it(run, x, args.warmup, args.runs)
+        row["size_mb"] = size_mb(a["path"])
+        row |= ev.score(run, a["name"]) if ev else {}
+        rows.append(row)
+        log(f"    p50 {row['latency']['p50_ms']:.1f} ms (CPU {row['latency']['cpu_p50_ms']:.1f}), "
+            f"top-1 {row.get('top1', float('nan')):.2f}, agreement {row.get('agreement', float('nan')):.1f}%")
+    base = {r["runtime"]: r for r in rows if r["precision"] == "fp32"}
+    ort = base["onnxruntime"]
+    for r in rows:
+        same = base.get(r["runtime"], ort)
+        r["speedup_same_runtime"] = same["latency"]["p50_ms"] / r["latency"]["p50_ms"]
+        r["speedup_vs_ort_fp32"] = ort["latency"]["p50_ms"] / r["latency"]["p50_ms"]
+        r["cpu_speedup_vs_ort_fp32"] = ort["latency"]["cpu_p50_ms"] / r["latency"]["cpu_p50_ms"]
+    roof, lut = roofline_model("x86-avx512"), load_latency_model("x86-avx512")
+    best8 = min((r for r in rows if is_int8(r) and r["who"] == "ours"),
+                key=lambda r: r["latency"]["p50_ms"], default=None)
+    estimates = {"roofline_fp32_ms": roof.model_ms(cfg, "fp32"), "roofline_int8_ms": roof.model_ms(cfg, "int8"),
+                 "lut_fp32_ms": lut.model_ms(cfg, "fp32") if lut.source == "lut" else None,
+                 "measured_ort_fp32_ms": ort["latency"]["p50_ms"], "measured_ort_fp32_cpu_ms": ort["latency"]["cpu_p50_ms"]}
+    estimates["measured_over_roofline_fp32"] = estimates["measured_ort_fp32_cpu_ms"] / estimates["roofline_fp32_ms"]
+    if estimates["lut_fp32_ms"]:
+        estimates["lut_error_fp32"] = estimates["lut_fp32_ms"] / estimates["measured_ort_fp32_cpu_ms"] - 1
+    if best8:
+        estimates |= {"best_int8": best8["name"], "measured_int8_cpu_ms": best8["latency"]["cpu_p50_ms"],
+                      "measured_over_roofline_int8": best8["latency"]["cpu_p50_ms"] / estimates["roofline_int8_ms"]}
+    return {"model": ref, "tokens": cfg.num_tokens, "reference_top1": ev.reference_top1 if ev else None, "rows": rows,
+            "estimates": estimates, "verdict": verdict(rows)}
+
+
+def is_int8(row: dict) -> bool:
+    p = str(row["precision"])
+    return p == "int8" or "int8-gemm" in p or p.startswith("w8a8")
+
+
+def verdict(rows: list[dict]) -> dict:
+    """The issue's target: an INT8 artifact of ours >= 2x fp32 ORT, top-1 within 1 pt, faster than every peer
+    of equal or better agreement."""
+    ref = next(r for r in rows if r["name"] == "ORT fp32")
+    out = []
+    for r in rows:
+        if r["who"] != "ours" or not is_int8(r):
+            continue
+        peers = [p for p in rows if p["who"] == "peer" and p.get("agreement", 0) >= r.get("agreement", 0)]
+        fastest = min(peers, key=lambda p: p["latency"]["p50_ms"], default=None)
+        out.append({"artifact": r["name"], "speedup_vs_ort_fp32": r["speedup_vs_ort_fp32"],
+                    "cpu_speedup_vs_ort_fp32": r["cpu_speedup_vs_ort_fp32"],
+                    "beats_it_cpu": fastest is None or r["latency"]["cpu_p50_ms"] < fastest["latency"]["cpu_p50_ms"],
+                    "delta_top1": r.get("top1", 0) - ref.get("top1", 0), "agreement": r.get("agreement"),
+                    "fastest_peer_at_least_as_faithful": fastest["name"] if fastest else None,
+                    "beats_it": fastest is None or r["latency"]["p50_ms"] < fastest["latency"]["p50_ms"],
+                    "meets_target": r["speedup_vs_ort_fp32"] >= 2.0 and abs(r.get("top1", 0) - ref.get("top1", 0)) <= 1.0
+                    and (fastest is None or r["latency"]["p50_ms"] < fastest["latency"]["p50_ms"])})
+    return {"candidates": out, "met": any(c["meets_target"] for c in out)}
+
+
+def markdown(res: dict) -> str:
+    top1 = res["reference_top1"]
+    lines = [f"### {res['model']} ({res['tokens']} tokens), fp32 PyTorch top-1 "
+             f"{'-' if top1 is None else f'{top1:.2f}'}",
+             "", "| artifact | who | runtime | precision | p50 ms | p90 ms | CPU p50 ms | speed-up (same rt) | "
+             "speed-up vs ORT fp32 | MB | top-1 | Δtop-1 | agree % |", "|" + "---|" * 13]
+    for r in res["rows"]:
+        lat = r["latency"]
+        prec = r["precision"] + (f" ({r['ov_inference_precision']})" if r.get("ov_inference_precision") else "")
+        lines.append(f"| {r['name']} | {r['who']} | {r['runtime']} | {prec} | {lat['p50_ms']:.1f} | {lat['p90_ms']:.1f} | "
+                     f"{lat['cpu_p50_ms']:.1f} | {r['speedup_same_runtime']:.2f}x | {r['speedup_vs_ort_fp32']:.2f}x | "
+                     f"{r['size_mb']:.1f} | {r.get('top1', float('nan')):.2f} | {r.get('delta_top1', float('nan')):+.2f} | "
+                     f"{r.get('agreement', float('nan')):.1f} |")
+    e = res["estimates"]
+    lines += ["", f"x86-avx512 roofline fp32 {e['roofline_fp32_ms']:.1f} ms vs measured ORT fp32 "
+              f"{e['measured_ort_fp32_cpu_ms']:.1f} ms CPU ({e['measured_ort_fp32_ms']:.1f} ms wall): measured/roofline "
+              f"{e['measured_over_roofline_fp32']:.2f}"]
+    if e.get("lut_fp32_ms"):
+        lines.append(f"LUT fp32 {e['lut_fp32_ms']:.1f} ms vs measured {e['measured_ort_fp32_cpu_ms']:.1f} ms CPU: "
+                     f"error {e['lut_error_fp32']:+.1%}")
+    if e.get("best_int8"):
+        lines.append(f"roofline int8 {e['roofline_int8_ms']:.1f} ms vs {e['best_int8']} {e['measured_int8_cpu_ms']:.1f} ms "
+                     f"CPU: measured/roofline {e['measured_over_roofline_int8']:.2f}")
+    for c in res["verdict"]["candidates"]:
+        lines.append(f"- {c['artifact']}: {c['speedup_vs_ort_fp32']:.2f}x ORT fp32 (CPU time "
+                     f"{c['cpu_speedup_vs_ort_fp32']:.2f}x), Δtop-1 {c['delta_top1']:+.2f}, "
+                     f"agreement {c['agreement'] or 0:.1f}%, fastest peer at least as faithful: "
+                     f"{c['fastest_peer_at_least_as_faithful']} -> {'faster' if c['beats_it'] else 'SLOWER'} "
+                     f"(CPU time: {'faster' if c['beats_it_cpu'] else 'SLOWER'}); "
+                     f"target {'MET' if c['meets_target'] else 'not met'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/targets-bench")
+    p.add_argument("--models", default="dinov2-s14-focus,timm:deit_small_patch16_224")
+    p.add_argument("--test", type=int, default=2000, help="CIFAR-10 test images scored (0: latency only)")
+    p.add_argument("--probe-train", type=int, default=2000)
+    p.add_argument("--calibration", type=int, default=128)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--skip-executorch", action="store_true")
+    p.add_argument("--quant-run", action="append", metavar="[MODEL=]RUN_DIR",
+                   help="a finished run of MODEL with quantize-pass ONNX artifacts (repeatable)")
+    args = p.parse_args(argv)
+    from compress._compat import set_threads
+
+    set_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"command": " ".join(sys.argv), "threads": 1, "batch": 1, "models": []}
+    for ref in args.models.split(","):
+        log(f"== {ref}")
+        results["models"].append(bench_model(ref, args))
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    for res in results["models"]:
+        print(markdown(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,8 @@ def summary_table(rows: list[dict]) -> str:
             ("MB", lambda r: f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"),
             ("GFLOPs", lambda r: f"{r['gflops']:.2f}" if r.get("gflops") else "-"),
             ("p50 ms", lambda r: f"{r['latency']['p50_ms']:.1f}" if r.get("latency") else "-"),
-            ("p90 ms", lambda r: f"{r['latency']['p90_ms']:.1f}" if r.get("latency") else "-")]
+            ("p90 ms", lambda r: f"{r['latency']['p90_ms']:.1f}" if r.get("latency") else "-"),
+            ("CPU p50", lambda r: f"{r['latency']['cpu_p50_ms']:.1f}" if r.get("latency", {}).get("cpu_p50_ms") else "-")]
     cells = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731

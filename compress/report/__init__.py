@@ -25,7 +25,7 @@ def _f(v, fmt="{:.2f}", none="–"):
 
 def results_table(rows: list[dict]) -> str:
     head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | agreement % | feat. cosine | size MB | "
-            "params M | GFLOPs | p50 ms | p90 ms |")
+            "params M | GFLOPs | p50 ms | p90 ms | CPU p50 ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r.get("latency") or {}
@@ -34,7 +34,8 @@ def results_table(rows: list[dict]) -> str:
             _f(r.get("delta_top1"), "{:+.2f}"), _f(r.get("agreement"), "{:.1f}"),
             _f(r.get("feature_cosine"), "{:.5f}"), _f(r.get("size_mb"), "{:.1f}"),
             _f(r["params"] / 1e6 if r.get("params") else None, "{:.2f}"), _f(r.get("gflops"), "{:.2f}"),
-            _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}")]) + " |")
+            _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}"),
+            _f(lat.get("cpu_p50_ms"), "{:.1f}")]) + " |")
     return "\n".join(lines)
 
 

@@ -148,6 +148,25 @@ def _row(op, backend, method, dname, shape, ms, gb, copy_gbs, ms_ref) -> dict:
             "gb_per_s": gbs, "share_of_copy": gbs / copy_gbs, "speedup_vs_eager": ms_ref / ms}
 
 
+def verdict(res: dict, large: set) -> list[dict]:
+    """The issue's GPU targets per backend and dtype, at the large sizes (the ViT shapes are reported, not judged):
+    softmax / GELU >= 85% of copy bandwidth and >= PyTorch eager; fused bias + GELU faster than the unfused pair."""
+    out = []
+    for r in res["timings"]:
+        if tuple(r["shape"]) not in large or "pytorch" in r["backend"]:
+            continue
+        if r["op"] == "softmax" and r["method"] == "exact" or r["op"] == "gelu" and r["method"] == "erf":
+            ok = r["share_of_copy"] >= 0.85 and r["speedup_vs_eager"] >= 1.0
+            what = f"{100 * r['share_of_copy']:.0f}% of copy, {r['speedup_vs_eager']:.2f}x eager"
+        elif r["op"] == "bias+gelu" and r["method"] == "erf":
+            ok, what = r["speedup_vs_eager"] > 1.0, f"{r['speedup_vs_eager']:.2f}x the unfused pair"
+        else:
+            continue
+        out.append({"op": r["op"], "backend": r["backend"], "dtype": r["dtype"], "shape": r["shape"], "met": ok,
+                    "measured": what})
+    return out
+
+
 def markdown(res: dict) -> str:
     bad = [r for r in res["correctness"] if not r["ok"]]
     lines = [f"Device: {res['device']}; copy bandwidth {res['copy_gb_per_s']:.0f} GB/s (read + write).", "",
@@ -158,6 +177,11 @@ def markdown(res: dict) -> str:
     for r in res["timings"]:
         lines.append(f"| {r['op']} | {r['backend']} | {r['method']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
                      f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | {100 * r['share_of_copy']:.1f} | {r['speedup_vs_eager']:.2f}x |")
+    if res["device"].startswith("cpu"):
+        return "\n".join(lines + ["", "Targets: not judged in a --smoke run (the Triton interpreter on the CPU)."])
+    lines += ["", "Targets (large sizes):"] + [f"- {v['op']} {v['backend']} {v['dtype']} {'x'.join(map(str, v['shape']))}: "
+                                                  f"{v['measured']}: {'met' if v['met'] else 'NOT met'}"
+                                                  for v in res["verdict"]]
     return "\n".join(lines)
 
 
@@ -182,6 +206,8 @@ def main(argv=None) -> int:
     res["timings"] = bench_softmax(bench, kb, device, res["copy_gb_per_s"], SMOKE_SOFTMAX if args.smoke else
                                    SOFTMAX_SHAPES)
     res["timings"] += bench_gelu(bench, kb, device, res["copy_gb_per_s"], SMOKE_GELU if args.smoke else GELU_SHAPES)
+    large = {tuple(x) for x in (SMOKE_SOFTMAX + SMOKE_GELU if args.smoke else SOFTMAX_SHAPES[:3] + GELU_SHAPES[:1])}
+    res["verdict"] = verdict(res, large)
     res["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", res)

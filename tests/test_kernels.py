@@ -4,8 +4,10 @@ from __future__ import annotations
 import collections
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
+import onnx
 import pytest
 import torch
 import torch.nn as nn
@@ -228,3 +230,19 @@ def test_quantize_pass_on_top_keeps_the_kernels_and_reloads(tmp_path):
     loaded, _ = ModelState.load(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded.model(x), quant)
+    # the Q/DQ graph (raised to opset 21) of a float graph exported as the recipe does (opset 18) runs in ORT
+    # and computes the fake-quant model; at opset 17 the approximation's ReduceMax keeps an axes attribute
+    from compress.export.onnx_export import export_onnx
+    from compress.passes.quantize.export_qdq import build_qdq
+    from compress.pipeline.float_view import float_view
+    from compress.recipes import load_recipe
+    from compress.runtime import OrtRunner
+
+    opset = load_recipe(str(Path(__file__).parents[1] / "recipes" / "kernels-int8.yaml"), []).recipe.export.onnx.opset
+    assert opset >= 18
+    with float_view(model):
+        export_onnx(model, tmp_path / "f.onnx", opset=opset)
+    proto, _ = build_qdq(tmp_path / "f.onnx", model, "onnxruntime")
+    onnx.save(proto, str(tmp_path / "q.onnx"))
+    got = OrtRunner(tmp_path / "q.onnx")(x)
+    assert torch.nn.functional.cosine_similarity(got.flatten(1), quant.flatten(1)).min() > 0.999

@@ -81,11 +81,45 @@ def test_bf16_request_and_nearest_precision_recorded(data):
     assert 0.995 <= bf.verification["cosine"] < 1.0 or bf.verification["max_abs"] > 1e-5  # it really is bf16
 
 
-def test_targets_check_passes_a_faster_model_and_fails_a_slow_one(data):
-    """A pruned (smaller) model beats its fp32 baseline in ONNX Runtime; a 50x demand fails, loudly."""
+class WorkClock:
+    """Stands in for ``time`` in targets.check: it advances only by the GFLOPs each ONNX Runtime call
+    computes, so the check's timing and verdict are deterministic on a shared machine."""
+
+    def __init__(self):
+        self.t, self.calls = 0.0, []
+
+    def perf_counter(self) -> float:
+        return self.t
+
+    process_time = perf_counter
+
+    def runners(self, real):
+        from compress.evaluation.graph_stats import graph_stats
+
+        def factory(path, threads):
+            run, gflops = real(path, threads), graph_stats(path)["gflops"]
+
+            def timed(x):
+                out = run(x)
+                self.t += gflops
+                self.calls.append(gflops)
+                return out
+            return timed
+        return factory
+
+
+def test_targets_check_passes_a_faster_model_and_fails_a_slow_one(data, monkeypatch):
+    """A pruned (smaller) model beats its fp32 baseline in ONNX Runtime; a 50x demand fails, loudly.
+    Time is the work clock above (graph GFLOPs per run): the check's own logic, not the machine's load."""
+    from compress.evaluation.graph_stats import graph_stats
     from compress.export.exporters import export_all
+    from compress.runtime import RUNNERS
+    from compress.targets import check
     from compress.targets.check import TargetCheckError
 
+    clock = WorkClock()
+    monkeypatch.setattr(check, "time", clock)
+    monkeypatch.setitem(RUNNERS, "onnxruntime", clock.runners(RUNNERS["onnxruntime"]))
     reference = _state(seed=1, depth=6, embed_dim=64, num_heads=4)
     small = _state(seed=2, history=[{"type": "test-prune", "name": "prune"}], depth=1, embed_dim=32)
     small.model.cfg.embed_dim = 32  # (a different model, as a pruning pass would leave)
@@ -95,7 +129,11 @@ def test_targets_check_passes_a_faster_model_and_fails_a_slow_one(data):
     ctx.targets[0]["exporters"] = ["onnxruntime"]
     arts = {a.name: a for a in export_all(small, ctx, imgs)}
     model = arts["onnx-fp32"]
-    assert model.check["passed"] and model.check["speedup"] >= 1.2 and model.check["baseline_p50_ms"] > 0
+    ratio = graph_stats(ctx.run_dir / arts["baseline-fp32"].path)["gflops"] / \
+        graph_stats(ctx.run_dir / model.path)["gflops"]
+    assert 1.2 < ratio < 50  # the two models' work differs by this much
+    assert model.check["passed"] and model.check["speedup"] == pytest.approx(ratio, rel=1e-9)
+    assert model.check["runs"] == 15 and len(clock.calls) == 2 * (3 + 15)  # alternated, after the warm-up
     assert any("passes targets_check" in n for n in model.notes)
     ctx = _ctx(data, "chk2", [{"name": "x86-avx512", "exporters": ["onnxruntime"],
                                "targets_check": {"min_speedup": 50}}], small, reference,

@@ -130,18 +130,34 @@ def test_stored_x86_lut_predicts_whole_models_within_15_percent():
 
 def test_build_lut_small_grid_measures_real_blocks(tmp_path):
     from compress.cli import main
-    from compress.targets.latency import load_latency_model
+    from compress.targets import load_profile
+    from compress.targets.latency import LatencyModel, load_latency_model
+    from compress.targets.lut import GRIDS
 
     out = tmp_path / "lut.json"
     assert main(["profile", "--build-lut", "--target", "x86-avx512", "--grid", "small", "--lut-out", str(out),
                  "--quiet"]) == 0
     lut = json.loads(out.read_text())
     t = lut["precisions"]["fp32"]
-    assert lut["threads"] == 1 and t["efficiency"] > 0
-    ms = t["mlp"]["ms"]  # [embed][mlp][tokens]: wider MLPs take longer
-    assert all(row[1][0] > row[0][0] for row in ms)
+    assert lut["threads"] == 1
+    # every point of the grid was measured (no timing comparisons: this machine is shared)
+    A, M = t["attn"]["axes"], t["mlp"]["axes"]
+    assert A == {k: GRIDS["small"][k] for k in ("embed_dim", "num_heads", "head_dim", "tokens")}
+    assert M == {k: GRIDS["small"][k] for k in ("embed_dim", "mlp_dim", "tokens")}
+    attn = {p: t["attn"]["ms"][i][j][k][n] for i, D in enumerate(A["embed_dim"]) for j, h in enumerate(A["num_heads"])
+            for k, d in enumerate(A["head_dim"]) for n, T in enumerate(A["tokens"]) for p in [(D, h, d, T)]}
+    mlp = {p: t["mlp"]["ms"][i][j][n] for i, D in enumerate(M["embed_dim"]) for j, m in enumerate(M["mlp_dim"])
+           for n, T in enumerate(M["tokens"]) for p in [(D, m, T)]}
+    assert len(attn) == 8 and len(mlp) == 4 and all(0 < v < 1e4 for v in [*attn.values(), *mlp.values()])
+    # the stored efficiency is the median measured / roofline ratio of those points
+    roof = LatencyModel("x86-avx512", load_profile("x86-avx512"))
+    ratios = sorted([v / roof.roofline_block_ms(D, h, d, d, 0, T) for (D, h, d, T), v in attn.items()]
+                    + [v / roof.roofline_block_ms(D, 0, 0, 0, m, T) for (D, m, T), v in mlp.items()])
+    assert t["efficiency"] == pytest.approx(ratios[len(ratios) // 2], rel=1e-9)
+    # and the latency model built from the file predicts a block at a grid point as its two measured halves
     lm = load_latency_model("x86-avx512", out)
-    assert lm.source == "lut" and lm.block_ms(48, 2, 12, 12, 64, 17) > 0
+    assert lm.source == "lut"
+    assert lm.block_ms(64, 2, 16, 16, 128, 17) == pytest.approx(attn[64, 2, 16, 17] + mlp[64, 128, 17], rel=1e-9)
 
 
 def test_build_lut_needs_a_target(capsys):

@@ -181,6 +181,28 @@ def test_kits_for_orin_and_xavier(run):
     man = json.loads((run.run_dir / a.path / "manifest.json").read_text())
     assert a.precision == "int8" and any("does not run int4" in n for n in a.notes)
     assert not man["strongly_typed"] and "--int8" in man["trtexec"] and "--stronglyTyped" not in man["trtexec"]
+    # TensorRT 8.5 parses up to opset 17: the INT8 graph (opset 21 from the Q/DQ export) is stamped down to it
+    assert man["opset"] == 17 and onnx.load(str(run.run_dir / a.path / "model.onnx")).opset_import[0].version == 17
+
+
+def test_opset_cap_only_where_the_graph_allows_it():
+    from compress.targets.tensorrt.graph import cap_opset, needed_opset, opset
+    from compress.targets.tensorrt.rules import check_qdq
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
+    w = numpy_helper.from_array(np.arange(32, dtype=np.int8).reshape(8, 4), "w")
+    s = numpy_helper.from_array(np.full(4, 0.1, np.float32), "s")
+    dq = helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], axis=1)
+    g = helper.make_graph([dq, helper.make_node("MatMul", ["x", "wf"], ["y"])], "g", [x], [y], [w, s])
+    errors = lambda m: [v.rule for v in check_qdq(m, None, 17) if v.severity == "error"]  # noqa: E731
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    assert needed_opset(m) == 17 and errors(m) == ["opset"]
+    assert opset(cap_opset(m, 17)) == 17 and errors(m) == []
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(4, 0.1, np.float16), "s"))
+    assert needed_opset(m) == 19 and opset(cap_opset(m, 17)) == 21  # fp16 scales need 19: kept,
+    assert errors(m) == ["opset"]  # and the rule says why no kit
 
 
 def test_kit_with_broken_rules_is_not_shipped(run):

@@ -37,6 +37,32 @@ def set_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
         return model
 
 
+def needed_opset(model: onnx.ModelProto) -> int:
+    """The lowest default-domain opset the graph needs: 21 for INT4 tensors or blocked Q/DQ, 19 for fp16/bf16
+    Q/DQ scales, else 17 (LayerNormalization; per-axis INT8 Q/DQ is opset 13)."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    need = 17
+    if any(t in (TensorProto.INT4, TensorProto.UINT4) for t in inits.values()):
+        need = 21
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            if any(a.name == "block_size" for a in n.attribute):
+                need = 21
+            elif inits.get(n.input[1]) in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+                need = max(need, 19)
+    return need
+
+
+def cap_opset(model: onnx.ModelProto, cap: int | None) -> onnx.ModelProto:
+    """Stamp the graph (in place) down to ``cap``, an older TensorRT's ONNX parser, when nothing in it needs more."""
+    if cap is None or opset(model) <= cap or needed_opset(model) > cap:
+        return model
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(cap, 17)
+    return model
+
+
 def _consumers(graph) -> dict[str, list]:
     out: dict[str, list] = {}
     for n in graph.node:

@@ -21,7 +21,7 @@ from ...runtime import OrtRunner, TorchRunner
 from ...utils.io import atomic_dir, sha256_file, write_json
 from ..exporters import art_precision, baseline_onnx, nearest, onnx_graphs, rel, target_dir, wanted_precisions
 from . import build_engine
-from .graph import matmulnbits_to_dq, opset, set_opset, to_fp16
+from .graph import cap_opset, matmulnbits_to_dq, opset, set_opset, to_fp16
 from .rules import check_qdq, summary
 
 RUNS = ["fp32", "fp16", "int8", "int4"]
@@ -38,7 +38,7 @@ def trt_graph(src: Path, precision: str, profile: dict) -> onnx.ModelProto:
     strongly = profile.get("trt_strongly_typed", True)
     if strongly and profile.get("float_precision") == "fp16" and precision != "fp32":
         model = to_fp16(model)  # float layers in fp16, LayerNorm/Softmax in fp32 islands
-    return model
+    return cap_opset(model, profile.get("trt_max_opset"))  # e.g. TensorRT 8.5 parses up to opset 17
 
 
 def manifest_for(model: onnx.ModelProto, precision: str, profile: dict, source: str) -> dict:
@@ -78,7 +78,7 @@ def make_kit(req: ExportRequest, name: str, src: Path, precision: str, reference
     """Build, verify and rule-check one kit; None (with a loud note) when the graph breaks a rule."""
     prof = req.target
     model = trt_graph(src, precision, prof)
-    rules = summary(check_qdq(model, [str(p) for p in prof["precisions"]]))
+    rules = summary(check_qdq(model, [str(p) for p in prof["precisions"]], prof.get("trt_max_opset")))
     for x in rules["violations"]:
         ui.info(f"  {x['severity']}: [{x['rule']}] {x['node']}: {x['message']}")
     if not rules["passed"]:

@@ -3,7 +3,8 @@
 From the TensorRT developer guide (Working with Quantized Types / Explicit Quantization) and the
 ONNX operator contracts, for a graph TensorRT will build and run fast:
 
-  opset            opset >= 17, LayerNorm one LayerNormalization node (not ReduceMean/Sub/Pow/... chains)
+  opset            opset >= 17, LayerNorm one LayerNormalization node (not ReduceMean/Sub/Pow/... chains);
+                   at most the target parser's newest opset (TensorRT 8.5: 17)
   symmetric        Q/DQ zero points are 0: TensorRT quantization is symmetric
   scale            scales are build-time constants, finite and > 0
   pairs            every QuantizeLinear feeds only DequantizeLinear; every activation DQ is fed by a Q
@@ -60,12 +61,17 @@ def _qtype(n, consts, inits) -> str | None:
     return "int8" if n.op_type == "QuantizeLinear" and not src else None
 
 
-def check_qdq(model: onnx.ModelProto, precisions: list[str] | None = None) -> list[Violation]:
-    """Rule violations of ``model`` for TensorRT; ``precisions``: what the target runs natively."""
+def check_qdq(model: onnx.ModelProto, precisions: list[str] | None = None,
+              max_opset: int | None = None) -> list[Violation]:
+    """Rule violations of ``model`` for TensorRT; ``precisions``: what the target runs natively;
+    ``max_opset``: the newest opset the target's TensorRT ONNX parser reads."""
     g = model.graph
     v: list[Violation] = []
     if opset(model) < 17:
         v.append(Violation("opset", "error", "", f"opset {opset(model)} < 17: LayerNorm is exported as separate ops"))
+    if max_opset and opset(model) > max_opset:
+        v.append(Violation("opset", "error", "", f"opset {opset(model)} > {max_opset}, the newest this TensorRT's "
+                                                  "ONNX parser reads (the graph needs it: INT4 or fp16 Q/DQ)"))
     dec = has_decomposed_layernorm(model)
     if dec:
         v.append(Violation("opset", "error", "", f"{dec} LayerNorm(s) decomposed into ReduceMean/Sub/Pow chains: "

@@ -102,8 +102,9 @@ def _f(v, fmt: str) -> str:
 
 
 def table(results: dict) -> str:
-    head = ("| variant | latency vs fp32 (CPU best-of) | speed-up | p50 ms (wall) | top-1 % | Δ top-1 | one-shot Δ top-1 | "
-            "LUT predicted ms | measured ms | prediction error | params M | GFLOPs | pass CPU min | pass wall min |")
+    head = ("| variant | latency vs fp32 (CPU best-of) | speed-up | CPU ms | p50 ms (wall) | top-1 % | Δ top-1 | "
+            "one-shot Δ top-1 | agreement % | LUT predicted ms | measured ms | prediction error | params M | GFLOPs | "
+            "pass CPU min | pass wall min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         if name.endswith("-oneshot"):
@@ -114,8 +115,9 @@ def table(results: dict) -> str:
             p = r["prune"]
             lines.append("| " + " | ".join([
                 f"{name} [{a['precision']}]", _f(t.get("ratio_cpu"), "{:.3f}"),
-                _f(t.get("speedup_cpu"), "{:.2f}x"), f"{a['p50_ms']:.1f}", f"{a['top1']:.2f}",
-                f"{a['delta_top1']:+.2f}", "–" if one_d is None else f"{one_d:+.2f}",
+                _f(t.get("speedup_cpu"), "{:.2f}x"), _f(t.get("cpu_ms"), "{:.1f}"),
+                _f(t.get("wall_p50_ms", a["p50_ms"]), "{:.1f}"), f"{a['top1']:.2f}",
+                f"{a['delta_top1']:+.2f}", "–" if one_d is None else f"{one_d:+.2f}", f"{a['agreement']:.1f}",
                 f"{p['pruned']['predicted_ms']:.1f}", f"{p['pruned'].get('measured_ms', float('nan')):.1f}",
                 f"{p['prediction_error']:+.1%}" if p.get("prediction_error") is not None else "–",
                 f"{(a.get('params') or 0) / 1e6:.2f}", f"{a.get('gflops') or 0:.2f}",
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-prune")
     ap.add_argument("--only", default=DEFAULT, help="comma-separated variants, e.g. hessian@0.7,hessian@0.6+int8")
     ap.add_argument("--no-oneshot", action="store_true", help="skip the one-shot (before recovery) runs")
+    ap.add_argument("--oneshot-only", action="store_true", help="only the one-shot (before recovery) runs")
     ap.add_argument("--set", action="append", default=[], help="recipe override for every run")
     ap.add_argument("--no-retime", action="store_true")
     args = ap.parse_args(argv)
@@ -141,7 +144,8 @@ def main(argv=None) -> int:
     for v in args.only.split(","):
         if not args.no_oneshot and "+" not in v:
             variants.append(v + "-oneshot")
-        variants.append(v)
+        if not args.oneshot_only:
+            variants.append(v)
     for v in variants:
         if v in results:
             continue
@@ -154,6 +158,11 @@ def main(argv=None) -> int:
     ref = next(iter(results.values()))["reference_top1"] if results else float("nan")
     print(f"\nfp32 reference top-1 {ref:.2f} % (PyTorch, probe on fp32 features)\n")
     print(table(results))
+    from compress.utils.io import write_json
+
+    write_json(REPO / "benchmarks" / "results" / "prune.json",
+               {"command": "OMP_NUM_THREADS=1 python benchmarks/prune_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "reference_top1": ref, "results": results, "table": table(results)})
     return 0
 
 

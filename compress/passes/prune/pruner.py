@@ -23,6 +23,7 @@ from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
 from . import compensate, remove, saliency
+from .reconstruct import reconstruct
 from .distill import Distiller, TeacherTargets, distill, teacher_outputs
 from .latency import OrtTimer, Predictor, best_ms, load
 from .select import STRUCTURES, Limits, Selector
@@ -51,6 +52,12 @@ class RecoveryConfig(Strict):
     cache_teacher: bool = True  # teacher outputs cached on disk (~/.cache/vitforge/prune-teacher)
 
 
+class ReconstructConfig(Strict):
+    enabled: bool = True  # closed-form refit of every proj / fc2 towards the teacher's stream after each step
+    images: int = Field(128, ge=1, le=100_000, description="calibration images the least squares are fitted on")
+    damp: float = Field(0.01, ge=0, le=1, description="ridge, share of the mean diagonal of E[x x^T]")
+
+
 class MeasureConfig(Strict):
     enabled: bool = True
     runs: int = Field(12, ge=1, le=10_000)
@@ -73,6 +80,7 @@ class PruneConfig(PassConfig):
     min_embed: float = Field(0.5, gt=0, le=1, description="smallest embedding width, fraction of the original")
     keep_output_width: bool | None = Field(None, description="lift pruned features back (default: models without head)")
     saliency: SaliencyConfig = SaliencyConfig()
+    reconstruct: ReconstructConfig = ReconstructConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     measure: MeasureConfig = MeasureConfig()
 
@@ -121,9 +129,15 @@ class PrunePass(Pass):
         out_w = remove.output_width(model) or (cfg0.embed_dim if keep_out else None)
         pred = Predictor(lm, cfg0, out_w)
         pred0 = pred.model(cfg0)
+        if not pred0 > 0:
+            raise UserError(f"the latency model of {target} ({lm.source}) predicts {pred0:.3g} ms for this model: "
+                            "its table does not cover these widths/tokens", "set passes.prune.roofline: true, "
+                            f"or extend the table: compress profile --build-lut --target {target}")
         lim = Limits(align, c.min_heads, align, align, max(align, math.ceil(c.min_embed * cfg0.embed_dim / align) * align))
         ui.info(f"    latency model: {target} ({lm.source}), original predicted {pred0:.1f} ms, align {align}")
-        self.distiller = Distiller(cfg0)
+        self.distiller, self.teacher, self.kept = Distiller(cfg0), teacher, list(range(cfg0.embed_dim))
+        self.recon = ctx.calibration_batches(c.reconstruct.images, c.saliency.batch_size) \
+            if c.reconstruct.enabled else None
         self.calib = ctx.calibration_batches(c.saliency.images, c.saliency.batch_size)
         self.t_calib = teacher_outputs(teacher, self.calib)
         orig = OrtTimer(model, c.measure.threads) if c.measure.enabled else None
@@ -179,10 +193,16 @@ class PrunePass(Pass):
         plan, stats = Selector(model.cfg, sal, pred, lim, c.structures).run(budget)
         moments = compensate.collect(model, self.calib, remove.consumers(model, plan)) if c.compensate else None
         remove.apply_plan(model, plan, keep_out, moments)
+        gone = set(plan.embed)  # current indices -> the teacher's channels the stream still carries
+        self.kept = [ch for i, ch in enumerate(self.kept) if i not in gone]
+        recon = reconstruct(model, self.teacher, self.recon, self.kept, c.reconstruct.damp) \
+            if self.recon is not None and not plan.empty() else None
         entry = {"budget_ms": budget, "predicted_ms_before": before[1], "predicted_ms": pred.model(model.cfg),
                  "met": stats["met"], "removed": plan.counts(), "picks": stats["picks"],
                  "saliency_sum": stats["saliency_sum"],
                  "loss_before": loss_before, "loss_after": self._monitor(model), "widths": widths(model.cfg)}
+        if recon is not None:
+            entry["stream_error"] = recon["stream_error"]
         ui.info(f"    pruned to {entry['predicted_ms']:.1f} ms predicted (budget {budget:.1f}): "
                 f"removed {entry['removed']}, KD loss {loss_before:.4f} -> {entry['loss_after']:.4f}")
         if not stats["met"]:

@@ -89,41 +89,70 @@ def latency(runner, cfg, runs: int) -> dict:
     return measure(lambda: runner(x), warmup=5, runs=runs)
 
 
+def cached_score(ev: Evaluator, runner, name: str, path: Path, cache: Path | None) -> dict:
+    """Scores of an artifact, kept in ``cache`` keyed by the file's size and mtime and the protocol, so a
+    rerun (e.g. the final, flock-ed latency pass) re-scores only what changed."""
+    if cache is None:
+        return ev.score(runner, name)
+    st = path.stat()
+    key = f"{st.st_size}-{int(st.st_mtime)}-{ev.cfg.test}-{ev.cfg.probe_train}"
+    f = cache / f"scores-{name.replace('/', '_').replace(':', '_')}.json"
+    if f.is_file() and json.loads(f.read_text()).get("key") == key:
+        return json.loads(f.read_text())["scores"]
+    scores = ev.score(runner, name)
+    write_json(f, {"key": key, "scores": scores})
+    return scores
+
+
 def row_for(name: str, path: Path, ev: Evaluator, cfg, runs: int, precision: str, source: str,
-            reuse: dict | None = None) -> dict:
+            reuse: dict | None = None, cache: Path | None = None) -> dict:
     runner = OrtRunner(path)
-    scores = reuse or ev.score(runner, name)
+    scores = reuse if reuse is not None else cached_score(ev, runner, name, path, cache)
     return {"name": name, "precision": precision, "source": source, "size_mb": path.stat().st_size / 2**20,
+            "images": scores.get("images", ev.cfg.test) if scores.get("top1") is not None else None,
             **{k: scores[k] for k in ("top1", "delta_top1", "agreement", "feature_cosine")},
             "latency": latency(runner, cfg, runs)}
 
 
-def ours(run: Path, ev: Evaluator, cfg, runs: int, test: int) -> list[dict]:
+def ours(run: Path, ev: Evaluator, cfg, runs: int, test: int, cache: Path | None = None,
+         rescore: bool = False) -> list[dict]:
+    """Rows for a run's ONNX Runtime artifacts; ``rescore``: score here at the bench's test count (row names
+    get ``@<count>``) instead of reusing the run's own evaluation, to compare runs on the same images."""
     export = json.loads((run / "export.json").read_text())
     evaluation = json.loads((run / "evaluation.json").read_text()) if (run / "evaluation.json").is_file() else {}
-    done = {r["name"]: r for r in evaluation.get("rows", []) if "top1" in r} if evaluation.get("test_images") == test else {}
+    evaluation = {} if rescore else evaluation
+    # the run's own scores are reused (any test count, recorded per row); artifacts it did not score are scored here
+    done = {r["name"]: r | {"images": evaluation["test_images"]} for r in evaluation.get("rows", []) if "top1" in r}
     rows = []
     for a in export["artifacts"]:
         if not a["name"].startswith("quantized-") or a["runtime"] != "onnxruntime":
             continue
-        name = f"{run.name}:{a['name'][len('quantized-'):]}"
+        name = f"{run.name}:{a['name'][len('quantized-'):]}" + (f"@{test}" if rescore else "")
+        # an artifact the recipe does not score (same numbers as a scored one, e.g. MatMulNBits beside Q/DQ):
+        # size and latency only
+        skip = None if a.get("evaluate", True) else dict.fromkeys(("top1", "delta_top1", "agreement", "feature_cosine"))
         rows.append(row_for(name, run / a["path"], ev, cfg, runs, a["precision"], "exported artifact, ONNX Runtime",
-                            done.get(a["name"])))
+                            done.get(a["name"]) or skip, cache))
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| mode | precision (what runs) | top-1 % | Δ top-1 | agreement % | feat. cosine | size MB | p50 ms (1 thread) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| mode | precision (what runs) | test images | top-1 % | Δ top-1 | agreement % | feat. cosine | size MB "
+           "| p50 ms wall | p50 ms CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['name']} | {r['precision']} | {r['top1']:.2f} | {r['delta_top1']:+.2f} | {r['agreement']:.1f} | "
-                   f"{r['feature_cosine']:.5f} | {r['size_mb']:.2f} | {r['latency']['p50_ms']:.1f} |")
+        lat = r["latency"]
+        f = lambda k, fmt: "–" if r.get(k) is None else format(r[k], fmt)  # noqa: E731
+        out.append(f"| {r['name']} | {r['precision']} | {r.get('images') or '–'} | {f('top1', '.2f')} | "
+                   f"{f('delta_top1', '+.2f')} | {f('agreement', '.1f')} | {f('feature_cosine', '.5f')} | "
+                   f"{r['size_mb']:.2f} | {lat['p50_ms']:.1f} | {lat['cpu_p50_ms']:.1f} |")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="*", default=[], help="finished compress run folders with quantized artifacts")
+    ap.add_argument("--unscored", nargs="*", default=[], choices=PEERS, help="peers only built, sized and timed")
+    ap.add_argument("--rescore", nargs="*", default=[], help="run folders re-scored here at --test images")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--probe-train", type=int, default=2000)
@@ -138,7 +167,8 @@ def main(argv=None) -> int:
     lm = load_model("dinov2-s14-focus")
     ref, cfg = lm.model.eval(), lm.cfg
     data = DataConfig(path="cifar10")
-    ev = Evaluator(ref, data, EvaluationConfig(test=args.test, probe_train=args.probe_train))
+    # run_dir=work keeps the trained probe (it depends only on the fp32 model and --probe-train)
+    ev = Evaluator(ref, data, EvaluationConfig(test=args.test, probe_train=args.probe_train), work)
     ev.prepare()
     fp32 = work / "fp32.onnx"
     if not fp32.is_file():
@@ -155,9 +185,12 @@ def main(argv=None) -> int:
         t = time.time()
         path = build_peer(p, fp32, work, calib)
         print(f"{p}: built in {time.time() - t:.0f}s", file=sys.stderr, flush=True)
-        rows.append(row_for(p, path, ev, cfg, args.latency_runs, "peer", "peer artifact, ONNX Runtime"))
+        unscored = dict.fromkeys(("top1", "delta_top1", "agreement", "feature_cosine")) if p in args.unscored else None
+        rows.append(row_for(p, path, ev, cfg, args.latency_runs, "peer", "peer artifact, ONNX Runtime", unscored, work))
     for run in args.runs:
-        rows += ours(Path(run), ev, cfg, args.latency_runs, args.test)
+        rows += ours(Path(run), ev, cfg, args.latency_runs, args.test, work)
+    for run in args.rescore:
+        rows += ours(Path(run), ev, cfg, args.latency_runs, args.test, work, rescore=True)
     md = table(rows)
     print(md)
     write_json(args.out, {"protocol": {"test": args.test, "probe_train": args.probe_train, "calibration": args.calibration,

@@ -18,7 +18,7 @@ from compress.models import build
 from compress.passes.quantize import ptq
 from compress.passes.quantize.config import QuantizeConfig
 from compress.passes.quantize.export import tensorrt_view
-from compress.passes.quantize.export_nbits import build_nbits, pack
+from compress.passes.quantize.export_nbits import block_for, build_nbits, pack
 from compress.passes.quantize.export_qdq import build_qdq
 from compress.pipeline.float_view import float_view
 from compress.pipeline.state import ModelState
@@ -109,6 +109,9 @@ def test_matmulnbits_packing_and_numerics(tmp_path):
     codes = np.arange(16).reshape(1, 16) % 16
     packed = pack(codes, 4)
     assert packed.tolist() == [[0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]]
+    # per-channel scales use the largest power-of-two block dividing K, but ORT caps 2-bit blocks at 256
+    assert block_for(1536, None, 32, bits=4) == 512 and block_for(1536, None, 32, bits=2) == 256
+    assert block_for(384, None, 32, bits=2) == 128 and block_for(384, 16, 32, bits=2) == 16
     for cfg in ({"weights": {"bits": 4}, "activations": {"bits": None}},
                 {"weights": {"bits": 3, "granularity": "group", "group_size": 16}, "activations": {"bits": None}},
                 {"weights": {"bits": 6}, "activations": {"bits": 8}}):

@@ -34,11 +34,15 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def block_for(k: int, group: int | None, preferred: int) -> int:
+MAX_BLOCK = {2: 256}  # ORT rejects larger 2-bit blocks
+
+
+def block_for(k: int, group: int | None, preferred: int, bits: int = 4) -> int:
     if group:
         return group
     b = 1
-    while k % (b * 2) == 0 and b * 2 <= max(preferred, 16) * 64:
+    cap = min(max(preferred, 16) * 64, MAX_BLOCK.get(bits, 1 << 30))
+    while k % (b * 2) == 0 and b * 2 <= cap:
         b *= 2
     return max(b, 16)
 
@@ -48,7 +52,7 @@ def nbits_weights(mod: QuantLinear, preferred_block: int) -> tuple[dict, np.ndar
     codes, q = weight_codes(mod)  # [N, K] signed
     n, k = codes.shape
     bits = container_bits(q.bits)
-    block = block_for(k, q.group, preferred_block)
+    block = block_for(k, q.group, preferred_block, bits)
     blocks = -(-k // block)
     pad = blocks * block - k
     u = codes + 2 ** (bits - 1)

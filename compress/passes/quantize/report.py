@@ -36,7 +36,8 @@ def quantize_section(rec: dict, run_dir: Path) -> str:
           f"{'quantized' if p.get('attention_quantized') else 'float'})",
           f"- weights: {w.get('granularity')} scales ({w.get('calibration')} range), {w.get('rounding')} rounding; "
           f"activations: static per tensor, {a.get('calibration')} calibration on {rec.get('calibration_images')} images",
-          f"- pass time: {rec.get('seconds', 0):.0f}s"]
+          f"- pass time: {rec.get('seconds', 0):.0f}s wall"
+          + (f", {rec['cpu_seconds']:.0f}s process CPU" if "cpu_seconds" in rec else "")]
     rp = (rec.get("reparam") or {}).get("post_layernorm")
     if rp:
         worst = max(rp, key=lambda r: r["spread_before"])

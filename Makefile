@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m compress --recipe recipes/int4-vit.yaml --out runs/demo --set evaluation.probe_train=500 --set evaluation.test=500
+	$(PY) -m compress --recipe recipes/int4-vit.yaml --out runs/demo --set evaluation.probe_train=500 --set evaluation.test=300
 
 test: setup
 	$(PY) -m pytest -q tests

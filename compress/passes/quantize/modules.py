@@ -17,39 +17,44 @@ from ...models.vit import MatMul
 from .quantizers import FakeQuant, make_quantizer
 
 
-def _qweight(mod) -> torch.Tensor:
-    """The fake-quantized weight, cached while neither the weight nor the scales change (inference)."""
-    q = mod.weight_quant
-    if q is None or not q.quant_enabled:
-        return mod.weight
-    if torch.is_grad_enabled() and (mod.weight.requires_grad or q.scale_override is not None):
-        return q(mod.weight)
-    key = (mod.weight._version, id(mod.weight), q.scale._version, q.zero_point._version, q.bits)
-    cache = mod.__dict__.get("_wcache")
-    if cache is None or cache[0] != key:
-        with torch.no_grad():
-            cache = (key, q(mod.weight).detach())
-        mod.__dict__["_wcache"] = cache
-    return cache[1]
+class _QuantWeighted:
+    """Shared by the quantized weighted ops: the input and weight quantizers applied."""
+
+    weight: torch.Tensor
+    weight_quant: FakeQuant | None
+    input_quant: FakeQuant | None
+
+    def qweight(self) -> torch.Tensor:
+        """The fake-quantized weight, cached while neither the weight nor the scales change (inference)."""
+        q = self.weight_quant
+        if q is None or not q.quant_enabled:
+            return self.weight
+        if torch.is_grad_enabled() and (self.weight.requires_grad or q.scale_override is not None):
+            return q(self.weight)
+        key = (self.weight._version, id(self.weight), q.scale._version, q.zero_point._version, q.bits)
+        cache = self.__dict__.get("_wcache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, q(self.weight).detach())
+            self.__dict__["_wcache"] = cache
+        return cache[1]
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_quant is None else self.input_quant(x)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_QuantWeighted, nn.Linear):
     def __init__(self, lin: nn.Linear, weight_quant: FakeQuant | None, input_quant: FakeQuant | None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = lin.in_features, lin.out_features
         self.weight, self.bias = lin.weight, lin.bias
         self.weight_quant, self.input_quant = weight_quant, input_quant
 
-    def qweight(self) -> torch.Tensor:
-        return _qweight(self)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        return F.linear(x, self.qweight(), self.bias)
+        return F.linear(self.quant_input(x), self.qweight(), self.bias)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_QuantWeighted, nn.Conv2d):
     def __init__(self, conv: nn.Conv2d, weight_quant: FakeQuant | None, input_quant: FakeQuant | None):
         nn.Module.__init__(self)
         for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
@@ -58,13 +63,8 @@ class QuantConv2d(nn.Conv2d):
         self.weight, self.bias = conv.weight, conv.bias
         self.weight_quant, self.input_quant = weight_quant, input_quant
 
-    def qweight(self) -> torch.Tensor:
-        return _qweight(self)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        return self._conv_forward(x, self.qweight(), self.bias)
+        return self._conv_forward(self.quant_input(x), self.qweight(), self.bias)
 
 
 class QuantMatMul(MatMul):

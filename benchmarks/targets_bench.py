@@ -33,14 +33,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 
+from compress.evaluation.report_eval import size_mb  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def size_mb(path: Path) -> float:
-    extra = path.with_suffix(".bin") if path.suffix == ".xml" else None
-    return (path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)) / 2**20
 
 
 def time_it(fn, x, warmup: int, runs: int) -> dict:
@@ -239,7 +236,7 @@ def bench_model(ref: str, args, earlier: dict | None = None) -> dict:
     for a in arts:  # accuracy first, outside the benchmark lock (it is a property of the file)
         log(f"  {ref}: {a['name']}")
         row = {k: (str(v) if isinstance(v, Path) else v) for k, v in a.items()}
-        row["size_mb"] = size_mb(a["path"])
+        row["size_mb"] = size_mb(Path(a["path"]))  # OpenVINO IR: .xml + .bin
         row |= scores.get(a, ev, runner_for(a)) if ev else {}
         rows.append(row)
     with bench_lock():  # then every latency, while no other benchmark runs

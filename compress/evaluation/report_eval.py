@@ -36,7 +36,7 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
         if a["format"] == "onnx" and path.is_file():
             row |= graph_stats(path)
         elif path.exists():
-            row["size_mb"] = _size_mb(path)
+            row["size_mb"] = size_mb(path)
         factory = RUNNERS.get(a["runtime"])
         if factory is None or not a.get("evaluate", True):
             if factory is not None and a["name"] == "baseline-fp32" and ecfg.latency.enabled:
@@ -74,7 +74,7 @@ def _has_quantizers(model) -> bool:
     return any(hasattr(m, "quant_enabled") for m in model.modules())
 
 
-def _size_mb(path: Path) -> float:
+def size_mb(path: Path) -> float:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
     weights = path.with_suffix(".bin") if path.suffix == ".xml" else None  # OpenVINO IR: .xml + .bin

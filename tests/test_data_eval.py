@@ -111,6 +111,37 @@ def test_verification_catches_a_wrong_artifact(tmp_path, tiny_model):
         verify(path, OrtRunner(path), tiny_model, x, 1e-4, 0.99999)
 
 
+def _quantized_stack(bug: float = 1.0, jitter: float = 0.0):
+    """12 residual blocks with a 4-bit rounded branch: chaotic, like a W4A4 ViT. ``jitter`` stands in for another
+    runtime's float rounding; ``bug`` mis-scales one block's quantizer."""
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(64, 64, generator=g) / 4 for _ in range(12)]
+
+    def f(x):
+        x = x + jitter * torch.randn(x.shape, generator=torch.Generator().manual_seed(123))
+        for i, w in enumerate(ws):
+            s = 0.4 * (bug if i == 6 else 1.0)
+            x = torch.nn.functional.layer_norm(x + torch.round(x @ w / s).clamp(-8, 7) * s, (64,))
+        return x
+    return f
+
+
+def test_verification_noise_floor_accepts_chaos_not_bugs():
+    from compress.export.verify import self_sensitivity, verify
+
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    ref = _quantized_stack()
+    _, floor_cos = self_sensitivity(ref, x, 1e-4)
+    assert floor_cos < 0.999  # the reference disagrees with itself under 1e-4 input noise
+    with pytest.raises(VerificationError):  # fixed limits cannot tell float jitter from a bug here
+        verify("a", _quantized_stack(jitter=1e-4), ref, x, 0.1, 0.9999)
+    v = verify("a", _quantized_stack(jitter=1e-4), ref, x, 0.1, 0.9999, floor_noise=1e-4)
+    assert v.passed and v.floor_cosine == floor_cos and v.min_cosine == pytest.approx(1 - 2 * (1 - floor_cos))
+    assert "under input noise 0.0001" in v.line()
+    with pytest.raises(VerificationError, match="verification failed"):  # a 5% scale error is still caught
+        verify("a", _quantized_stack(bug=1.05), ref, x, 0.1, 0.9999, floor_noise=1e-4)
+
+
 def test_subset_on_real_cifar(cifar_path):
     from compress.models.vit import ViTConfig
 

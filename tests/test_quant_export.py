@@ -105,6 +105,19 @@ def test_sub_8bit_activations_and_sulq_are_exact_in_onnxruntime(tmp_path):
     assert cos > 0.999  # same ops, but a float ulp can flip a fine log-grid rounding (no int kernel here)
 
 
+def test_blocked_weights_with_static_activations_run_in_onnxruntime(tmp_path):
+    # 8-bit blocked weights beside quantized inputs once crashed ONNX Runtime's MatMulIntegerToFloat fusion
+    over = {f"blocks.{i}.{n}": 8 for i in range(2) for n in ("attn.proj", "mlp.fc2")}
+    m = _quantized({"weights": {"bits": 4, "granularity": "group", "group_size": 16}, "overrides": over}, tmp_path)
+    proto, _ = build_qdq(tmp_path / "float.onnx", m)
+    blocked = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+               and any(a.name == "block_size" and a.i == 16 for a in n.attribute)]
+    assert len(blocked) == 12
+    out, ops = _run(proto, tmp_path, "g16")
+    assert ops.get("MatMulIntegerToFloat", 0) == 0  # blocked scales: float GEMMs on dequantized weights
+    assert _close(out, m) < 5e-3
+
+
 def test_matmulnbits_packing_and_numerics(tmp_path):
     codes = np.arange(16).reshape(1, 16) % 16
     packed = pack(codes, 4)

@@ -136,9 +136,12 @@ class PrunePass(Pass):
         lim = Limits(align, c.min_heads, align, align, max(align, math.ceil(c.min_embed * cfg0.embed_dim / align) * align))
         ui.info(f"    latency model: {target} ({lm.source}), original predicted {pred0:.1f} ms, align {align}")
         self.distiller, self.teacher, self.kept = Distiller(cfg0), teacher, list(range(cfg0.embed_dim))
-        self.recon = ctx.calibration_batches(c.reconstruct.images, c.saliency.batch_size) \
-            if c.reconstruct.enabled else None
-        self.calib = ctx.calibration_batches(c.saliency.images, c.saliency.batch_size)
+        # saliency (and the KD loss it reports) is estimated on images the least-squares refit never saw:
+        # on its own fitting images the refit looks near-perfect, which would hide later steps' damage
+        n_recon = c.reconstruct.images if c.reconstruct.enabled else 0
+        batches = ctx.calibration_batches(c.saliency.images + n_recon, c.saliency.batch_size)
+        cut = -(-c.saliency.images // c.saliency.batch_size)
+        self.calib, self.recon = batches[:cut], (batches[cut:] or None) if n_recon else None
         self.t_calib = teacher_outputs(teacher, self.calib)
         orig = OrtTimer(model, c.measure.threads) if c.measure.enabled else None
         r = c.recovery
@@ -179,7 +182,7 @@ class PrunePass(Pass):
         return rec
 
     def _monitor(self, model) -> float:
-        """Distillation loss on the calibration images (the saliency set)."""
+        """Distillation loss on the saliency images (held out from the reconstruction's fitting set)."""
         with torch.inference_mode():
             return float(torch.cat([self.distiller.loss(model(x), t) for x, t in zip(self.calib, self.t_calib)]).mean())
 

@@ -56,9 +56,9 @@ def tensorrt_view(model) -> tuple[torch.nn.Module, list[str]]:
     return m, notes
 
 
-def _limits(req: ExportRequest) -> tuple[float, float]:
+def _limits(req: ExportRequest) -> tuple[float, float, float | None]:
     v = req.recipe.export.verify
-    return v.quantized_max_abs, v.quantized_min_cosine
+    return v.quantized_max_abs, v.quantized_min_cosine, v.quantized_noise_floor
 
 
 def _compute(fmt: str, model, cfg: QuantizeConfig) -> str:
@@ -90,10 +90,10 @@ def export_one(req: ExportRequest, fmt: str, cfg: QuantizeConfig) -> Artifact:
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     check_onnx(path)
-    max_abs, min_cos = _limits(req)
+    max_abs, min_cos, floor = _limits(req)
     if fmt == "matmulnbits" and cfg.nbits_accuracy_level:
         min_cos = min(min_cos, 0.99)  # int8 re-quantization inside the kernel: close, not exact
-    v = verify(path, OrtRunner(path), TorchRunner(ref), req.verify_images, max_abs, min_cos)
+    v = verify(path, OrtRunner(path), TorchRunner(ref), req.verify_images, max_abs, min_cos, floor_noise=floor)
     ui.info(f"  verified {v.line()}")
     label = precision_summary(ref)["label"]
     runtime = "tensorrt" if fmt == "tensorrt" else "onnxruntime"

@@ -155,6 +155,12 @@ class QdqBuilder:
                 int8_gemm = mod.input_quant is not None and mod.weight_quant.group is None
                 node.input[1] = weight_dq(ed, node, path, mod, cast_int8=int8_gemm and self.flavor == "onnxruntime",
                                           int4=not (self.flavor == "tensorrt" and int8_gemm))
+                if mod.input_quant is not None and mod.weight_quant.group and self.flavor == "onnxruntime":
+                    # ONNX Runtime 1.2x fuses DQ(x) x DQ(blocked int8 W) into MatMulIntegerToFloat, ignoring
+                    # block_size (it fails at run time): a same-shape Reshape keeps this GEMM in float
+                    k_n = np.array([mod.weight.shape[1], mod.weight.shape[0]], np.int64)
+                    node.input[1] = ed.node(node.name, "Reshape", [node.input[1], ed.const(f"{tag}_w_shape", k_n, np.int64)],
+                                            f"/{tag}/WeightReshape")
             if node.name in self.bias_shift:
                 self._fold_shift(path, mod, node)
         if self.flavor == "tensorrt" and acts_on and any(

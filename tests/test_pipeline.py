@@ -80,6 +80,11 @@ def test_rerun_resumes_and_changed_recipe_is_refused(tmp_path, image_folder):
     r = subprocess.run(_cmd(recipe, out)[:-1], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0 and "finished earlier, reusing" in r.stderr
     assert (out / "passes" / "01-fold" / "model.safetensors").stat().st_mtime_ns == mtime  # not redone
+    # a changed evaluation setting redoes the evaluation (not the passes, not the export), never reuses stale scores
+    r = subprocess.run(_cmd(recipe, out)[:-1] + ["--set", "evaluation.test=10"], env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and "export: finished earlier" in r.stderr and "evaluation: finished" not in r.stderr
+    assert json.loads((out / "evaluation.json").read_text())["test_images"] == 10
     recipe.write_text(RECIPE.format(data=image_folder).replace("fold: {}", "fold: {layer_scale: false}"))
     r = subprocess.run(_cmd(recipe, out), env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 2 and "was made by a different recipe" in r.stderr

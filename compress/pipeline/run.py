@@ -116,10 +116,13 @@ def run_recipe(lr: LoadedRecipe, opts: RunOptions) -> dict:
         ui.info(f"    done in {dt:.1f}s -> {ckpt}")
     if resumed:
         ui.info(f"resumed: {resumed} finished pass(es) reused")
-    export = _stage(out / "export.json", chain, lambda: _export(state, ctx), timings, "export", verify_files=out)
+    # each stage's key covers the recipe sections it reads: a changed export or evaluation setting redoes it
+    export_key = sha256_json([chain, recipe.model_dump(include={"export", "targets", "targets_check"})])
+    export = _stage(out / "export.json", export_key, lambda: _export(state, ctx), timings, "export", verify_files=out)
     evaluation = None
     if recipe.evaluation.enabled:
-        evaluation = _stage(out / "evaluation.json", sha256_json([chain, export["artifacts"]]),
+        eval_key = sha256_json([export_key, export["artifacts"], recipe.model_dump(include={"evaluation", "data"})])
+        evaluation = _stage(out / "evaluation.json", eval_key,
                             lambda: _evaluate(reference, state, ctx, export), timings, "evaluation")
     from ..report import write_report
 

@@ -113,6 +113,10 @@ def test_blocked_weights_with_static_activations_run_in_onnxruntime(tmp_path):
     blocked = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
                and any(a.name == "block_size" and a.i == 16 for a in n.attribute)]
     assert len(blocked) == 12
+    f16 = [t for t in proto.graph.initializer if t.name.endswith("_w_scale_f16")]
+    assert len(f16) == 12 and all(t.data_type == onnx.TensorProto.FLOAT16 for t in f16)  # half the scale bytes
+    s = m.blocks[0].mlp.fc2.weight_quant.scale
+    assert torch.equal(s, s.half().float())  # the PyTorch model computes with exactly the stored scales
     out, ops = _run(proto, tmp_path, "g16")
     assert ops.get("MatMulIntegerToFloat", 0) == 0  # blocked scales: float GEMMs on dequantized weights
     assert _close(out, m) < 5e-3

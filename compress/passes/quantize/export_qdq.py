@@ -59,7 +59,13 @@ def weight_dq(ed: GraphEditor, node, path: str, mod, *, cast_int8: bool, int4: b
     wname = ed.const_int4(f"{tag}_w_int4", w) if small else ed.const(f"{tag}_w_int8", w, np.int8)
     if small and cast_int8:
         wname = ed.node(node.name, "Cast", [wname], f"/{tag}/WeightCast", to=onnx.TensorProto.INT8)
-    return ed.node(node.name, "DequantizeLinear", [wname, ed.const(f"{tag}_w_scale", s)], f"/{tag}/WeightDQ", **attrs)
+    if q.group:  # float16-exact block scales (see UniformQuantizer.set_range): half the bytes on disk, widened
+        # to float32 by a Cast of a constant (folded when the runtime loads the graph)
+        sname = ed.node(node.name, "Cast", [ed.const(f"{tag}_w_scale_f16", s, np.float16)], f"/{tag}/ScaleCast",
+                        to=onnx.TensorProto.FLOAT)
+    else:
+        sname = ed.const(f"{tag}_w_scale", s)
+    return ed.node(node.name, "DequantizeLinear", [wname, sname], f"/{tag}/WeightDQ", **attrs)
 
 
 def _uniform_qdq(ed: GraphEditor, before: str, src: str, q: UniformQuantizer, tag: str, shift: float = 0.0,

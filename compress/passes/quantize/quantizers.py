@@ -50,6 +50,9 @@ class FakeQuant(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.spec().items() if k != "kind")
 
 
+FP16_TINY = 2.0**-14  # smallest normal float16: group scales below it (all-zero groups) are raised to it
+
+
 class UniformQuantizer(FakeQuant):
     """x -> (clamp(round(x / s) + z, qmin, qmax) - z) * s with ``scale`` s and ``zero_point`` z buffers.
 
@@ -96,6 +99,8 @@ class UniformQuantizer(FakeQuant):
         else:
             scale = (hi - lo) / (2**self.bits - 1)
             zp = torch.round(-lo / scale.clamp_min(1e-12)).clamp(self.qmin, self.qmax)
+        if self.group:  # one scale per few weights: stored as float16 in the file, so it must be one exactly
+            scale = scale.clamp(FP16_TINY, 65504.0).half().float()
         self.scale.copy_(scale.clamp_min(1e-10).reshape(self.scale.shape))
         self.zero_point.copy_(zp.reshape(self.zero_point.shape))
 

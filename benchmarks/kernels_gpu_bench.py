@@ -30,9 +30,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HALF_ULP = {torch.float32: 0.0, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-SOFTMAX_SHAPES = [(65536, 1024), (16384, 4096), (2048, 32768), (64 * 6 * 257, 257)]  # last: ViT-S batch 64
-GELU_SHAPES = [(65536, 4096), (64 * 257, 1536)]  # 256 Mi elements; ViT-S batch 64 MLP
-SMOKE_SOFTMAX, SMOKE_GELU = [(64, 257), (4, 20000)], [(64, 129)]
+# large sizes hold 256 MiB of fp32 (16-bit dtypes: twice the rows, the same bytes); the last: ViT-S batch 64
+SOFTMAX_SHAPES = [(65536, 1024), (16384, 4096), (2048, 32768), (64 * 6 * 257, 257)]
+GELU_SHAPES = [(65536, 4096), (64 * 257, 1536)]  # 1 GiB of fp32; ViT-S batch 64 MLP
+SMOKE_SOFTMAX, SMOKE_GELU = [(4, 20000), (64, 257)], [(64, 128), (64, 129)]
 
 
 def timer(smoke: bool):
@@ -64,30 +65,35 @@ def backends(smoke: bool) -> dict:
 
 
 def check_correctness(kb: dict, device) -> list[dict]:
+    """Every kernel and layout against the reference: cached / fused rows, streamed rows, aligned (vector) and
+    ragged GELU tensors."""
     from compress.kernels import GeluTable, reference as R
 
     rows, g = [], torch.Generator().manual_seed(0)
     table = GeluTable()
     tv = table.values().to(device)
     for dname, dt in DTYPES.items():
-        x = (torch.randn(96, 1000, generator=g) * 6).to(dt).to(device)
-        mask = torch.zeros(1000, device=device)
-        mask[700:] = float("-inf")
-        a = (torch.randn(33, 777, generator=g) * 4).to(dt).to(device)
-        bias = torch.randn(777, generator=g).to(device)
-        for bname, k in kb.items():
-            for method in R.SOFTMAX_METHODS:
-                want = R.softmax_f32(x, 0.5, mask, method)
-                err = float((k.softmax(x, 0.5, mask, method).float() - want).abs().max())
-                rows.append({"op": f"softmax {method}", "backend": bname, "dtype": dname, "max_error": err,
-                             "bound": 2e-6 + HALF_ULP[dt]})
-            for method in R.GELU_METHODS:
-                want = R.gelu_f32(a, bias, method, tv, table.inv_step)
-                got = k.gelu(a, bias, method, tv, table.inv_step).float()
-                z = (a.float() + bias).abs().clamp_min(1)
-                err = float(((got - want).abs() / (1e-6 * z + HALF_ULP[dt] * want.abs() + 1e-30)).max())
-                rows.append({"op": f"gelu {method} + bias", "backend": bname, "dtype": dname,
-                             "max_error": err, "bound": 1.0})  # error / its bound
+        for shape in ((96, 1000), (6, 20000), (3, 40000)):
+            x = (torch.randn(*shape, generator=g) * 6).to(dt).to(device)
+            mask = torch.zeros(shape[1], device=device)
+            mask[int(0.7 * shape[1]):] = float("-inf")
+            for bname, k in kb.items():
+                for method in R.SOFTMAX_METHODS:
+                    want = R.softmax_f32(x, 0.5, mask, method)
+                    err = float((k.softmax(x, 0.5, mask, method).float() - want).abs().max())
+                    rows.append({"op": f"softmax {method} {shape[1]} wide", "backend": bname, "dtype": dname,
+                                 "max_error": err, "bound": 2e-6 + HALF_ULP[dt]})
+        for shape in ((33, 777), (48, 768)):
+            a = (torch.randn(*shape, generator=g) * 4).to(dt).to(device)
+            for bias in (torch.randn(shape[1], generator=g).to(device), None):
+                for bname, k in kb.items():
+                    for method in R.GELU_METHODS:
+                        want = R.gelu_f32(a, bias, method, tv, table.inv_step)
+                        got = k.gelu(a, bias, method, tv, table.inv_step).float()
+                        z = (a.float() + (0 if bias is None else bias)).abs().clamp_min(1)
+                        err = float(((got - want).abs() / (1e-6 * z + HALF_ULP[dt] * want.abs() + 1e-30)).max())
+                        rows.append({"op": f"gelu {method}{' + bias' if bias is not None else ''} {shape}",
+                                     "backend": bname, "dtype": dname, "max_error": err, "bound": 1.0})
     for r in rows:
         r["ok"] = r["max_error"] <= r["bound"]
     return rows
@@ -100,18 +106,24 @@ def copy_bandwidth(bench, device, smoke: bool) -> float:
     return 2 * src.numel() * 4 / (bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
 
 
+def sized(shapes: list, dt) -> list[tuple[tuple, bool]]:
+    """(shape, large?) pairs: the large ones with their rows scaled to the fp32 byte count."""
+    k = 4 // (torch.finfo(dt).bits // 8)
+    return [((r * k, c), True) for r, c in shapes[:-1]] + [(tuple(shapes[-1]), False)]
+
+
 def bench_softmax(bench, kb, device, copy_gbs, shapes) -> list[dict]:
     rows = []
     for dname, dt in DTYPES.items():
-        for shape in shapes:
+        for shape, large in sized(shapes, dt):
             x = torch.randn(shape, device=device).to(dt)
             gb = 2 * x.numel() * x.element_size() / 1e9
             t_torch = bench(lambda: torch.softmax(x, -1))
-            rows.append(_row("softmax", "pytorch eager", "exact", dname, shape, t_torch, gb, copy_gbs, t_torch))
+            rows.append(_row("softmax", "pytorch eager", "exact", dname, shape, t_torch, gb, copy_gbs, t_torch, large))
             for bname, k in kb.items():
                 for method in ("exact", "online", "online-poly2"):
                     t = bench(lambda: k.softmax(x, 1.0, None, method))
-                    rows.append(_row("softmax", bname, method, dname, shape, t, gb, copy_gbs, t_torch))
+                    rows.append(_row("softmax", bname, method, dname, shape, t, gb, copy_gbs, t_torch, large))
             del x
     return rows
 
@@ -123,37 +135,70 @@ def bench_gelu(bench, kb, device, copy_gbs, shapes) -> list[dict]:
     tv = table.values().to(device)
     rows = []
     for dname, dt in DTYPES.items():
-        for shape in shapes:
+        for shape, large in sized(shapes, dt):
             x = torch.randn(shape, device=device).to(dt)
             b = torch.randn(shape[-1], device=device).to(dt)
             gb = 2 * x.numel() * x.element_size() / 1e9
             t_torch = bench(lambda: F.gelu(x))
-            rows.append(_row("gelu", "pytorch eager", "erf", dname, shape, t_torch, gb, copy_gbs, t_torch))
+            rows.append(_row("gelu", "pytorch eager", "erf", dname, shape, t_torch, gb, copy_gbs, t_torch, large))
             t_pair = bench(lambda: F.gelu(x + b))  # the unfused pair: two kernels, x + b round-trips memory
             rows.append(_row("bias+gelu", "pytorch eager (unfused pair)", "erf", dname, shape, t_pair, gb,
-                             copy_gbs, t_pair))
+                             copy_gbs, t_pair, large))
             for bname, k in kb.items():
                 for method in ("erf", "tanh", "relu-lut"):
                     t = bench(lambda: k.gelu(x, None, method, tv, table.inv_step))
-                    rows.append(_row("gelu", bname, method, dname, shape, t, gb, copy_gbs, t_torch))
+                    rows.append(_row("gelu", bname, method, dname, shape, t, gb, copy_gbs, t_torch, large))
                     t = bench(lambda: k.gelu(x, b, method, tv, table.inv_step))
-                    rows.append(_row("bias+gelu", f"{bname} (fused)", method, dname, shape, t, gb, copy_gbs, t_pair))
+                    rows.append(_row("bias+gelu", f"{bname} (fused)", method, dname, shape, t, gb, copy_gbs, t_pair,
+                                     large))
             del x
     return rows
 
 
-def _row(op, backend, method, dname, shape, ms, gb, copy_gbs, ms_ref) -> dict:
+def sweep_configs(smoke: bool) -> list[tuple[str, tuple, bool, dict]]:
+    """(op, fp32 shape, large?, launch parameters) around the defaults: what tuned them."""
+    if smoke:
+        return [("softmax", (4, 20000), True, {"warps": 8}), ("softmax", (64, 257), False, {"rows": 2, "warps": 2}),
+                ("gelu", (64, 128), True, {"tile": 1024, "warps": 2})]
+    out = [("softmax", (65536, 1024), True, {"rows": r, "warps": w}) for r in (1, 2, 4) for w in (2, 4, 8)]
+    out += [("softmax", (16384, 4096), True, {"warps": w}) for w in (4, 8, 16)]
+    out += [("softmax", (2048, 32768), True, {"warps": w}) for w in (16, 32)]
+    out += [("softmax", (2048, 32768), True, {"block": 4096, "warps": 16})]
+    out += [("softmax", (64 * 6 * 257, 257), False, {"rows": r, "warps": w}) for r in (2, 4, 8, 16) for w in (2, 4, 8)]
+    out += [("gelu", (65536, 4096), True, {"tile": t, "warps": w}) for t in (1024, 2048, 4096) for w in (2, 4, 8)]
+    return out
+
+
+def sweep_triton(bench, device, copy_gbs, smoke: bool) -> list[dict]:
+    from compress.kernels import triton as tk
+
+    rows = []
+    for dname in ("fp32", "bf16"):
+        dt = DTYPES[dname]
+        for op, shape, large, kw in sweep_configs(smoke):
+            shape = sized([shape, shape], dt)[0][0] if large else shape
+            x = torch.randn(shape, device=device).to(dt)
+            gb = 2 * x.numel() * x.element_size() / 1e9
+            fn = (lambda: tk.softmax(x, **kw)) if op == "softmax" else (lambda: tk.gelu(x, **kw))
+            t = bench(fn)
+            name = "triton " + " ".join(f"{k}={v}" for k, v in kw.items())
+            rows.append(_row(op, name, "exact" if op == "softmax" else "erf", dname, shape, t, gb, copy_gbs, t))
+            del x
+    return rows
+
+
+def _row(op, backend, method, dname, shape, ms, gb, copy_gbs, ms_ref, large=False) -> dict:
     gbs = gb / (ms * 1e-3)
     return {"op": op, "backend": backend, "method": method, "dtype": dname, "shape": list(shape), "ms": ms,
-            "gb_per_s": gbs, "share_of_copy": gbs / copy_gbs, "speedup_vs_eager": ms_ref / ms}
+            "gb_per_s": gbs, "share_of_copy": gbs / copy_gbs, "speedup_vs_eager": ms_ref / ms, "large": large}
 
 
-def verdict(res: dict, large: set) -> list[dict]:
+def verdict(res: dict) -> list[dict]:
     """The issue's GPU targets per backend and dtype, at the large sizes (the ViT shapes are reported, not judged):
     softmax / GELU >= 85% of copy bandwidth and >= PyTorch eager; fused bias + GELU faster than the unfused pair."""
     out = []
     for r in res["timings"]:
-        if tuple(r["shape"]) not in large or "pytorch" in r["backend"]:
+        if not r["large"] or "pytorch" in r["backend"]:
             continue
         if r["op"] == "softmax" and r["method"] == "exact" or r["op"] == "gelu" and r["method"] == "erf":
             ok = r["share_of_copy"] >= 0.85 and r["speedup_vs_eager"] >= 1.0
@@ -177,6 +222,11 @@ def markdown(res: dict) -> str:
     for r in res["timings"]:
         lines.append(f"| {r['op']} | {r['backend']} | {r['method']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
                      f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | {100 * r['share_of_copy']:.1f} | {r['speedup_vs_eager']:.2f}x |")
+    if res.get("sweep"):
+        lines += ["", "Launch-parameter sweep (Triton; ms, % of copy):", "| op | config | dtype | shape | ms | % of copy |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['op']} | {r['backend']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | {r['ms']:.3f} | "
+                  f"{100 * r['share_of_copy']:.1f} |" for r in res["sweep"]]
     if res["device"].startswith("cpu"):
         return "\n".join(lines + ["", "Targets: not judged in a --smoke run (the Triton interpreter on the CPU)."])
     lines += ["", "Targets (large sizes):"] + [f"- {v['op']} {v['backend']} {v['dtype']} {'x'.join(map(str, v['shape']))}: "
@@ -189,6 +239,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "kernels-gpu")
     ap.add_argument("--smoke", action="store_true", help="CPU dry run: Triton interpreter, tiny sizes, no CUDA C++")
+    ap.add_argument("--sweep", action="store_true", help="also time the Triton launch parameters around the defaults")
     args = ap.parse_args(argv)
     from compress.utils.io import write_json
 
@@ -206,8 +257,9 @@ def main(argv=None) -> int:
     res["timings"] = bench_softmax(bench, kb, device, res["copy_gb_per_s"], SMOKE_SOFTMAX if args.smoke else
                                    SOFTMAX_SHAPES)
     res["timings"] += bench_gelu(bench, kb, device, res["copy_gb_per_s"], SMOKE_GELU if args.smoke else GELU_SHAPES)
-    large = {tuple(x) for x in (SMOKE_SOFTMAX + SMOKE_GELU if args.smoke else SOFTMAX_SHAPES[:3] + GELU_SHAPES[:1])}
-    res["verdict"] = verdict(res, large)
+    if args.sweep:
+        res["sweep"] = sweep_triton(bench, device, res["copy_gb_per_s"], args.smoke)
+    res["verdict"] = verdict(res)
     res["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", res)

@@ -1,7 +1,8 @@
-// Row softmax, one thread block per row, the single-pass form of Edge-MoE: each thread keeps a running max
-// and sum over its elements (rescaling the sum only when its max grows), the block merges the (max, sum)
-// pairs, then a second sweep writes probabilities or log-domain codes. The scaled logits are cached in
-// shared memory when the row fits, so x is read from global memory once.
+// Row softmax, one thread block per row. A row that fits in shared memory is read from global memory once:
+// logits cached with the row max, exponentials in place with their sum, then a scaled write (one exp per
+// element). Longer rows take the single-pass form of Edge-MoE: each thread keeps a running max and sum
+// (rescaling the sum only when its max grows), the block merges the (max, sum) pairs, and a second sweep
+// re-reads x and writes probabilities or log-domain codes.
 #include <cfloat>
 #include <cmath>
 
@@ -68,54 +69,116 @@ __device__ void block_merge(float& m, float& s) {
 }
 
 template <typename T, int POLY>
-__device__ __forceinline__ float logit(const T* xr, const float* mr, int64_t j, float scale, int64_t sn) {
+__device__ __forceinline__ float logit(const T* xr, const float* mr, int j, float scale, int64_t sn) {
   float z = to_f32(xr[j]) * scale;
   if (mr) z += mr[j * sn];
   return POLY ? z * kLog2e : z;
 }
 
+// max (OP 0) or sum (OP 1) over the block, the result in every thread
+template <int OP>
+__device__ float block_reduce(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = OP ? v + w : fmaxf(v, w);
+  }
+  __syncthreads();  // partial[] may still be read by a previous reduction
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : (OP ? 0.f : -INFINITY);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = OP ? v + w : fmaxf(v, w);
+  }
+  return v;
+}
+
+template <typename T, bool CODES>
+__device__ __forceinline__ void store(void* out_row, int j, float p, const LogCodes& codes) {
+  if (CODES) {
+    float q = floorf((log2f(p + codes.eta) - codes.lo) / codes.step + 0.5f);
+    q = fminf(fmaxf(q, 0.f), codes.qmax);
+    static_cast<uint8_t*>(out_row)[j] = static_cast<uint8_t>(q);
+  } else {
+    static_cast<T*>(out_row)[j] = from_f32<T>(p);
+  }
+}
+
 template <typename T, int POLY, bool CODES>
-__global__ void softmax_kernel(const T* __restrict__ x, void* __restrict__ out, int64_t cols, int64_t x_stride,
+__global__ void softmax_kernel(const T* __restrict__ x, void* __restrict__ out, int cols, int64_t x_stride,
                                float scale, MaskView mask, LogCodes codes, bool cached) {
   extern __shared__ float cache[];
+  constexpr int K = 16 / sizeof(T);  // loads in flight per thread (16 bytes) before they are used
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
+  void* out_row = static_cast<char*>(out) + row * cols * (CODES ? 1 : sizeof(T));
   const float* mr = nullptr;
   if (mask.ptr) {
     const int64_t a = row / (mask.B * mask.C), b = (row / mask.C) % mask.B, c = row % mask.C;
     mr = mask.ptr + a * mask.sa + b * mask.sb + c * mask.sc;
   }
+  const int step = blockDim.x * K;
+  if (cached) {  // the row in shared memory: max, then exponentials and their sum, then scale (one exp each)
+    float m = -INFINITY;
+    for (int j0 = threadIdx.x; j0 < cols; j0 += step) {
+      float z[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = j0 + k * blockDim.x;
+        z[k] = j < cols ? logit<T, POLY>(xr, mr, j, scale, mask.sn) : -INFINITY;
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = j0 + k * blockDim.x;
+        if (j < cols) cache[j] = z[k];
+        m = fmaxf(m, POLY ? ceilf(z[k]) : z[k]);  // with POLY an integer max: rescaling by it is a shift
+      }
+    }
+    const float ms = safe(block_reduce<0>(m));
+    float s = 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float e = exp_<POLY>(cache[j] - ms);
+      cache[j] = e;
+      s += e;
+    }
+    s = block_reduce<1>(s);
+    const float inv = s > 0.f ? 1.f / s : 0.f;  // fully masked rows write zeros
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) store<T, CODES>(out_row, j, cache[j] * inv, codes);
+    return;
+  }
+  // the single pass of Edge-MoE: a running (max, sum) per thread, merged over the block; then a write sweep
   float m = -INFINITY, s = 0.f;
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {  // the single pass over x
-    const float z = logit<T, POLY>(xr, mr, j, scale, mask.sn);
-    if (cached) cache[j] = z;
-    update<POLY>(m, s, z);
+  for (int j0 = threadIdx.x; j0 < cols; j0 += step) {
+    float z[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = j0 + k * blockDim.x;
+      z[k] = j < cols ? logit<T, POLY>(xr, mr, j, scale, mask.sn) : -INFINITY;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (j0 + k * blockDim.x < cols) update<POLY>(m, s, z[k]);
   }
   block_merge<POLY>(m, s);
   const float ms = safe(m);
-  const bool ok = s > 0.f;  // fully masked rows write zeros
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float z = cached ? cache[j] : logit<T, POLY>(xr, mr, j, scale, mask.sn);
-    const float p = ok ? exp_<POLY>(z - ms) / s : 0.f;
-    if (CODES) {
-      float q = floorf((log2f(p + codes.eta) - codes.lo) / codes.step + 0.5f);
-      q = fminf(fmaxf(q, 0.f), codes.qmax);
-      static_cast<uint8_t*>(out)[row * cols + j] = static_cast<uint8_t>(q);
-    } else {
-      static_cast<T*>(out)[row * cols + j] = from_f32<T>(p);
-    }
+  const bool ok = s > 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float p = ok ? exp_<POLY>(logit<T, POLY>(xr, mr, j, scale, mask.sn) - ms) / s : 0.f;
+    store<T, CODES>(out_row, j, p, codes);
   }
 }
 
 template <typename T, int POLY, bool CODES>
 cudaError_t launch(const void* x, void* out, int64_t rows, int64_t cols, int64_t x_stride, float scale,
                    MaskView mask, LogCodes codes, cudaStream_t stream) {
-  int threads = 64;
-  while (threads < 1024 && threads * 8 < cols) threads *= 2;
+  int threads = 64;  // up to 16 elements a thread (two rounds of 16-byte loads for 16-bit types)
+  while (threads < 1024 && threads * 16 < cols) threads *= 2;
   const bool cached = cols <= kCacheMax;
   const size_t smem = cached ? static_cast<size_t>(cols) * sizeof(float) : 0;
   softmax_kernel<T, POLY, CODES><<<static_cast<unsigned int>(rows), threads, smem, stream>>>(
-      static_cast<const T*>(x), out, cols, x_stride, scale, mask, codes, cached);
+      static_cast<const T*>(x), out, static_cast<int>(cols), x_stride, scale, mask, codes, cached);
   return cudaGetLastError();
 }
 
@@ -140,7 +203,7 @@ cudaError_t dispatch(const void* x, void* out, int64_t rows, int64_t cols, int64
 cudaError_t softmax_forward(const void* x, void* out, int64_t rows, int64_t cols, int64_t x_stride, DType dtype,
                             float scale, MaskView mask, int poly, LogCodes codes, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
-  if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  if (rows > 0x7fffffffLL || cols > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   switch (dtype) {
     case kFloat32: return dispatch<float>(x, out, rows, cols, x_stride, scale, mask, poly, codes, stream);
     case kFloat16: return dispatch<__half>(x, out, rows, cols, x_stride, scale, mask, poly, codes, stream);

@@ -16,15 +16,15 @@ from ..layout import mask_view, next_pow2, rows_of
 from .common import cast_out
 from ..reference import LOG2E, POLY, LogCodes, poly_degree
 
-FUSED_MAX = 16384  # widest row kept in registers
+FUSED_MAX = 32768  # widest row kept in registers (32 warps: 32 fp32 values a thread)
 STREAM_BLOCK = 4096  # chunk of the streaming layout
 
-_LOG2E: tl.constexpr = LOG2E
-_C21: tl.constexpr = POLY[2][0]
-_C22: tl.constexpr = POLY[2][1]
-_C31: tl.constexpr = POLY[3][0]
-_C32: tl.constexpr = POLY[3][1]
-_C33: tl.constexpr = POLY[3][2]
+_LOG2E = tl.constexpr(LOG2E)
+_C21 = tl.constexpr(POLY[2][0])
+_C22 = tl.constexpr(POLY[2][1])
+_C31 = tl.constexpr(POLY[3][0])
+_C32 = tl.constexpr(POLY[3][1])
+_C33 = tl.constexpr(POLY[3][2])
 
 
 @triton.jit
@@ -49,12 +49,14 @@ def _exp(d, POLY: tl.constexpr):
 
 
 @triton.jit
-def _logits(x_ptr, mask_ptr, rows, cols, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn, scale,
+def _logits(x_ptr, mask_ptr, row0, rows, cols, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn, scale,
             HAS_MASK: tl.constexpr, POLY: tl.constexpr):
+    """Scaled (+ masked) logits of the tile; x_ptr points at row ``row0``, ``rows`` / ``n_rows`` are relative."""
     valid = (rows < n_rows) & (cols < n_cols)
     z = tl.load(x_ptr + rows * x_stride + cols, mask=valid, other=0.0).to(tl.float32) * scale
     if HAS_MASK:
-        moff = (rows // (mB * mC)) * sa + ((rows // mC) % mB) * sb + (rows % mC) * sc + cols * sn
+        r = row0 + rows
+        moff = (r // (mB * mC)) * sa + ((r // mC) % mB) * sb + (r % mC) * sc + cols * sn
         z += tl.load(mask_ptr + moff, mask=valid, other=0.0).to(tl.float32)
     if POLY > 0:
         z = z * _LOG2E
@@ -76,11 +78,14 @@ def _store(out_ptr, p, rows, cols, n_rows, n_cols, eta, lo, step, qmax, CODES: t
 def _softmax_kernel(x_ptr, out_ptr, mask_ptr, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn, scale,
                     eta, lo, step, qmax, BLOCK: tl.constexpr, ROWS: tl.constexpr, STREAM: tl.constexpr,
                     POLY: tl.constexpr, HAS_MASK: tl.constexpr, CODES: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    row0 = tl.program_id(0).to(tl.int64) * ROWS  # 64-bit offsets once per program, 32-bit within the tile
+    x_ptr += row0 * x_stride
+    out_ptr += row0 * n_cols
+    n_rows -= row0
+    rows = tl.arange(0, ROWS)[:, None]
     cols = tl.arange(0, BLOCK)[None, :]
     if not STREAM:
-        z = _logits(x_ptr, mask_ptr, rows, cols, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn, scale,
+        z = _logits(x_ptr, mask_ptr, row0, rows, cols, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn, scale,
                     HAS_MASK, POLY)
         m = tl.max(z, 1)
         if POLY > 0:
@@ -94,7 +99,7 @@ def _softmax_kernel(x_ptr, out_ptr, mask_ptr, n_rows, n_cols, x_stride, mB, mC, 
         m_i = tl.full([ROWS, BLOCK], float("-inf"), tl.float32)
         s_i = tl.zeros([ROWS, BLOCK], tl.float32)
         for start in range(0, n_cols, BLOCK):  # pass 1: running max and sum (single pass over x)
-            z = _logits(x_ptr, mask_ptr, rows, cols + start, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn,
+            z = _logits(x_ptr, mask_ptr, row0, rows, cols + start, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn,
                         scale, HAS_MASK, POLY)
             if POLY > 0:
                 m_new = tl.maximum(m_i, -tl.floor(-z))
@@ -109,13 +114,14 @@ def _softmax_kernel(x_ptr, out_ptr, mask_ptr, n_rows, n_cols, x_stride, mB, mC, 
         inv_ok = s > 0
         s = tl.where(inv_ok, s, 1.0)
         for start in range(0, n_cols, BLOCK):  # pass 2: normalise and write
-            z = _logits(x_ptr, mask_ptr, rows, cols + start, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn,
+            z = _logits(x_ptr, mask_ptr, row0, rows, cols + start, n_rows, n_cols, x_stride, mB, mC, sa, sb, sc, sn,
                         scale, HAS_MASK, POLY)
             p = tl.where(inv_ok, _exp(z - m, POLY) / s, 0.0)
             _store(out_ptr, p, rows, cols + start, n_rows, n_cols, eta, lo, step, qmax, CODES)
 
 
-def _launch(x, scale, mask, method, codes: LogCodes | None, block: int | None) -> torch.Tensor:
+def _launch(x, scale, mask, method, codes: LogCodes | None, block: int | None, warps: int | None = None,
+            rows: int | None = None) -> torch.Tensor:
     poly = poly_degree(method)
     n = x.shape[-1]
     x2 = rows_of(x)
@@ -125,11 +131,12 @@ def _launch(x, scale, mask, method, codes: LogCodes | None, block: int | None) -
         return out.reshape(x.shape)
     stream = method != "exact" or n > FUSED_MAX or block is not None
     BLOCK = min(next_pow2(n), block or STREAM_BLOCK) if stream else next_pow2(n)
-    ROWS = max(1, min(16, 2048 // BLOCK, next_pow2(R)))  # short rows: several per program
+    ROWS = rows or max(1, min(16, 2048 // BLOCK, next_pow2(R)))  # short rows: several per program
     mv = mask_view(mask, x.shape) if mask is not None else None
     geo = mv.geometry() if mv else [1, 1, 0, 0, 0, 0]
     c = codes or LogCodes()
-    warps = 16 if BLOCK * ROWS >= 8192 else 8 if BLOCK * ROWS >= 2048 else 4
+    tile = BLOCK * ROWS  # warps per tile size: the H200 sweep of benchmarks/kernels_gpu_bench.py
+    warps = warps or (4 if tile <= 2048 else 8 if tile <= 8192 else 16 if tile <= 16384 else 32)
     _softmax_kernel[(triton.cdiv(R, ROWS),)](
         x2, out, mv.tensor if mv else x2, R, n, x2.stride(0), *geo, float(scale), c.eta, c.lo, c.step,
         float(c.qmax), BLOCK=BLOCK, ROWS=ROWS, STREAM=stream, POLY=poly, HAS_MASK=mv is not None,
@@ -138,9 +145,10 @@ def _launch(x, scale, mask, method, codes: LogCodes | None, block: int | None) -
 
 
 def softmax(x: torch.Tensor, scale: float = 1.0, mask: torch.Tensor | None = None, method: str = "exact",
-            block: int | None = None) -> torch.Tensor:
-    """Softmax over the last axis in x's dtype. ``block`` forces the streaming layout with that chunk width."""
-    return _launch(x, scale, mask, method, None, block)
+            block: int | None = None, *, warps: int | None = None, rows: int | None = None) -> torch.Tensor:
+    """Softmax over the last axis in x's dtype. ``block`` forces the streaming layout with that chunk width;
+    ``warps`` / ``rows`` (rows per program) override the launch heuristics (tuning sweeps)."""
+    return _launch(x, scale, mask, method, None, block, warps, rows)
 
 
 def softmax_codes(x: torch.Tensor, codes: LogCodes, scale: float = 1.0, mask: torch.Tensor | None = None,

@@ -75,6 +75,17 @@ __device__ __forceinline__ float logit(const T* xr, const float* mr, int j, floa
   return POLY ? z * kLog2e : z;
 }
 
+// the K logits j0, j0 + blockDim.x, ... (-inf past the row), all loads issued before any is used
+template <typename T, int POLY, int K>
+__device__ __forceinline__ void load_logits(float (&z)[K], const T* xr, const float* mr, int j0, int cols,
+                                            float scale, int64_t sn) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = j0 + k * blockDim.x;
+    z[k] = j < cols ? logit<T, POLY>(xr, mr, j, scale, sn) : -INFINITY;
+  }
+}
+
 // max (OP 0) or sum (OP 1) over the block, the result in every thread
 template <int OP>
 __device__ float block_reduce(float v) {
@@ -124,11 +135,7 @@ __global__ void softmax_kernel(const T* __restrict__ x, void* __restrict__ out, 
     float m = -INFINITY;
     for (int j0 = threadIdx.x; j0 < cols; j0 += step) {
       float z[K];
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int j = j0 + k * blockDim.x;
-        z[k] = j < cols ? logit<T, POLY>(xr, mr, j, scale, mask.sn) : -INFINITY;
-      }
+      load_logits<T, POLY, K>(z, xr, mr, j0, cols, scale, mask.sn);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int j = j0 + k * blockDim.x;
@@ -152,11 +159,7 @@ __global__ void softmax_kernel(const T* __restrict__ x, void* __restrict__ out, 
   float m = -INFINITY, s = 0.f;
   for (int j0 = threadIdx.x; j0 < cols; j0 += step) {
     float z[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = j0 + k * blockDim.x;
-      z[k] = j < cols ? logit<T, POLY>(xr, mr, j, scale, mask.sn) : -INFINITY;
-    }
+    load_logits<T, POLY, K>(z, xr, mr, j0, cols, scale, mask.sn);
 #pragma unroll
     for (int k = 0; k < K; ++k)
       if (j0 + k * blockDim.x < cols) update<POLY>(m, s, z[k]);

@@ -106,10 +106,15 @@ def copy_bandwidth(bench, device, smoke: bool) -> float:
     return 2 * src.numel() * 4 / (bench(lambda: dst.copy_(src)) * 1e-3) / 1e9
 
 
+def fp32_bytes(shape: tuple, dt) -> tuple:
+    """``shape`` with its rows scaled so a tensor of dtype ``dt`` holds as many bytes as in fp32."""
+    rows, cols = shape
+    return rows * (4 // (torch.finfo(dt).bits // 8)), cols
+
+
 def sized(shapes: list, dt) -> list[tuple[tuple, bool]]:
-    """(shape, large?) pairs: the large ones with their rows scaled to the fp32 byte count."""
-    k = 4 // (torch.finfo(dt).bits // 8)
-    return [((r * k, c), True) for r, c in shapes[:-1]] + [(tuple(shapes[-1]), False)]
+    """(shape, large?) pairs: the large ones scaled to the fp32 byte count, the last (the ViT shape) as is."""
+    return [(fp32_bytes(s, dt), True) for s in shapes[:-1]] + [(tuple(shapes[-1]), False)]
 
 
 def bench_softmax(bench, kb, device, copy_gbs, shapes) -> list[dict]:
@@ -176,7 +181,7 @@ def sweep_triton(bench, device, copy_gbs, smoke: bool) -> list[dict]:
     for dname in ("fp32", "bf16"):
         dt = DTYPES[dname]
         for op, shape, large, kw in sweep_configs(smoke):
-            shape = sized([shape, shape], dt)[0][0] if large else shape
+            shape = fp32_bytes(shape, dt) if large else shape
             x = torch.randn(shape, device=device).to(dt)
             gb = 2 * x.numel() * x.element_size() / 1e9
             fn = (lambda: tk.softmax(x, **kw)) if op == "softmax" else (lambda: tk.gelu(x, **kw))

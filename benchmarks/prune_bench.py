@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--oneshot-only", action="store_true", help="only the one-shot (before recovery) runs")
     ap.add_argument("--set", action="append", default=[], help="recipe override for every run")
     ap.add_argument("--no-retime", action="store_true")
+    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "prune.json",
+                    help="where the summary (command, results, table) is written")
     args = ap.parse_args(argv)
     import torch
 
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
     print(table(results))
     from compress.utils.io import write_json
 
-    write_json(REPO / "benchmarks" / "results" / "prune.json",
+    write_json(args.results,
                {"command": "OMP_NUM_THREADS=1 python benchmarks/prune_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 "reference_top1": ref, "results": results, "table": table(results)})
     return 0

@@ -151,3 +151,28 @@ def test_nonempty_foreign_out_dir_is_left_alone(tmp_path, capsys):
     code, line = run_cli(["--recipe", recipe(tmp_path, "model: timm:vit_tiny_patch16_224\n"), "--out", str(out)], capsys)
     assert code == 2 and "is not empty and holds no vitforge run" in line
     assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipes_validate(path):
+    """Every recipe we ship composes and its pass configs validate (a typo there would only show at run time)."""
+    from compress.recipes import load_recipe
+
+    lr = load_recipe(path, [])
+    assert lr.recipe.name == path.stem
+    assert [n for n, _ in lr.passes] == list(lr.recipe.passes)
+
+
+def test_int4_vit_fast_differs_from_int4_vit_only_in_weight_layout():
+    from compress.recipes import load_recipe
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    (qa,), (qf,) = ([p.config for n, p in load_recipe(root / f"{r}.yaml", []).passes if n == "quantize"]
+                    for r in ("int4-vit", "int4-vit-fast"))
+    assert (qa.weights.granularity, qf.weights.granularity) == ("group", "channel")
+    assert qa.mixed.budget == qf.mixed.budget and qa.mixed.budget.value == 4.0
+    assert qa.activations == qf.activations and qa.export == qf.export

@@ -328,3 +328,43 @@ def test_blockwise_reconstruction_towards_the_teacher_beats_compensation_on_held
     assert len(out["stream_error"]) == 3 and all(0 <= e < 1 for e in out["stream_error"])
     assert isinstance(rec.norm, WidthRestore) and rec(held).shape == t_held.shape
     assert loss_rec < 0.8 * loss_comp  # fitted to the teacher's stream, on images the fit never saw
+
+
+class _Targets:
+    """``distill.TeacherTargets``' interface over images held in memory."""
+
+    def __init__(self, teacher, x):
+        self.x = x
+        with torch.no_grad():
+            self.t = teacher(x)
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, idxs):
+        return self.x[idxs], self.t[idxs]
+
+
+def test_output_fit_aligns_what_probes_read_on_held_out_images_and_reloads(tmp_path):
+    from compress.passes.prune.reconstruct import _read, fit_output
+    from compress.passes.prune.remove import OutputAlign, rebuild
+    from compress.pipeline.state import ModelState
+
+    m = _model()
+    pruned = copy.deepcopy(m)
+    apply_plan(pruned, Plan(mlp={b: list(range(0, 256, 2)) for b in range(3)}, v={0: {h: list(range(8)) for h in range(4)}}))
+    held = _images(32, 9)
+    with torch.no_grad():
+        t_held, before = m(held), pruned(held)
+    n = fit_output(pruned, _Targets(m, torch.cat([_images(16, s) for s in range(4)])), 48, 16,
+                   m.cfg.num_prefix_tokens, 0.01, 1e-3)
+    assert n == 48 and isinstance(pruned.norm, OutputAlign)
+    with torch.no_grad():
+        after = pruned(held)
+    err = lambda y: float((_read(y, 1) - _read(t_held, 1)).pow(2).sum() / _read(t_held, 1).pow(2).sum())  # noqa: E731
+    assert err(after) < 0.7 * err(before)  # fitted on 48 images, better on 32 others
+    fresh = build(copy.deepcopy(pruned.cfg)).eval()
+    rebuild(fresh, {"output_fit": {"images": n}})
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(held), after)

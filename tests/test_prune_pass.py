@@ -55,9 +55,7 @@ export: {{verify: {{images: 2}}}}
     assert rec["pruned"]["params"] < rec["original"]["params"] and rec["pruned"]["gflops"] < rec["original"]["gflops"]
     assert len(rec["steps"]) == 2 and rec["recovery"]["steps"] == 2
     assert all(len(s["stream_error"]) == 3 for s in rec["steps"])  # reconstructed after every step
-    assert rec["output_fit"]["images"] == 8  # headless encoder: output aligned to the teacher at the end
     back, _ = ModelState.load(out / "passes" / "01-prune")  # rebuilds from its config alone
-    assert isinstance(back.model.norm, pruner.remove.OutputAlign)
     assert back.cfg.to_dict() == summary_cfg(out)
     model_row = next(r for r in summary["evaluation"]["rows"] if r["name"] == "onnx-fp32")
     assert model_row["params"] == sum(p.numel() for p in back.model.parameters())

@@ -23,7 +23,7 @@ from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
 from . import compensate, remove, saliency
-from .reconstruct import fit_output, reconstruct
+from .reconstruct import reconstruct
 from .distill import Distiller, TeacherTargets, distill, teacher_outputs
 from .latency import OrtTimer, Predictor, best_ms, load
 from .select import STRUCTURES, Limits, Selector
@@ -58,13 +58,6 @@ class ReconstructConfig(Strict):
     damp: float = Field(0.01, ge=0, le=1, description="ridge, share of the mean diagonal of E[x x^T]")
 
 
-class OutputFitConfig(Strict):
-    enabled: bool = True  # closed-form D x D map after the final norm towards the teacher's outputs (headless encoders)
-    images: int = Field(512, ge=1, le=100_000, description="recovery images (teacher outputs cached) it is fitted on")
-    token_weight: float = Field(0.01, ge=0, description="weight of every token beside the class / mean patch token")
-    damp: float = Field(0.001, ge=0, le=1, description="ridge, share of the mean diagonal")
-
-
 class MeasureConfig(Strict):
     enabled: bool = True
     runs: int = Field(12, ge=1, le=10_000)
@@ -89,7 +82,6 @@ class PruneConfig(PassConfig):
     saliency: SaliencyConfig = SaliencyConfig()
     reconstruct: ReconstructConfig = ReconstructConfig()
     recovery: RecoveryConfig = RecoveryConfig()
-    output_fit: OutputFitConfig = OutputFitConfig()
     measure: MeasureConfig = MeasureConfig()
 
 
@@ -128,9 +120,6 @@ class PrunePass(Pass):
         if not isinstance(model, VisionTransformer):
             raise UserError(f"the prune pass works on ViTs (VisionTransformer), not {type(model).__name__}",
                             "prune a ViT/DeiT/DINOv2/CLIP model; Swin's windowed stages are not supported")
-        if isinstance(model.norm, remove.OutputAlign):
-            raise UserError("this model's outputs were already aligned by an earlier prune pass",
-                            "to prune twice, set output_fit.enabled: false in the earlier prune pass")
         t0, c0 = time.time(), time.process_time()
         target, profile = resolve_target(c.target, ctx.targets)
         lm = load(target, c.lut, c.roofline)
@@ -175,20 +164,11 @@ class PrunePass(Pass):
         final_steps = max(0, r.steps - between * (c.iterations - 1))
         final = distill(model, targets, self.distiller, final_steps, r, gen, "recovery (final)")
         final["loss_monitor"] = self._monitor(model)
-        out_w, fitted = remove.output_width(model), None
-        o = c.output_fit
-        if o.enabled and keep_out and not model.cfg.fc_norm:
-            t1 = time.process_time()
-            n = fit_output(model, targets, o.images, ctx.recipe.data.batch_size, model.cfg.num_prefix_tokens,
-                           o.token_weight, o.damp)
-            fitted = {"images": n, "loss_before": final["loss_monitor"], "loss_after": self._monitor(model),
-                      "cpu_seconds": time.process_time() - t1}
-            ui.info(f"    output aligned on {n} images: KD loss {fitted['loss_before']:.4f} -> {fitted['loss_after']:.4f}")
         remove.check_widths(model)
         rec = {"target": target, "latency_source": lm.source, "align": align, "criterion": c.criterion,
                "original": widths(cfg0) | {"predicted_ms": pred0}, "pruned": widths(model.cfg)
                | {"predicted_ms": pred.model(model.cfg)}, "steps": log, "measure_rounds": rounds,
-               "recovery": final, "output_width": out_w, "output_fit": fitted}
+               "recovery": final, "output_width": remove.output_width(model)}
         rec["predicted_ratio"] = rec["pruned"]["predicted_ms"] / pred0
         if rounds:
             last = rounds[-1]

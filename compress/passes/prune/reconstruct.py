@@ -11,11 +11,6 @@ place (restricted to the kept embedding channels) in least squares, on the calib
 fit sees the student's inputs after the earlier blocks were refitted, so it also absorbs the error
 that pruning upstream left in the stream. The output lift of an embed-pruned encoder (``WidthRestore``)
 is fitted to the teacher's final stream the same way. Damping: ``damp`` x the mean diagonal of E[x x^T].
-
-``fit_output`` runs once at the end of the pass: a D x D linear map after the final norm (``OutputAlign``),
-fitted so the encoder's outputs match the teacher's where probes and heads read them: the class token and
-the mean patch token (weight 1 each) plus every token (weight ``token_weight``, which keeps the map sane
-for token-level consumers and regularizes the fit).
 """
 from __future__ import annotations
 
@@ -23,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ...models.vit import LayerScale
-from .remove import WidthRestore, align_output
+from .remove import WidthRestore
 
 
 class _Moments:
@@ -104,29 +99,3 @@ def reconstruct(student, teacher, batches: list[torch.Tensor], keep: list[int], 
             m.add(x, t, True, _token_weight(t))
         m.solve(student.norm.proj, damp)
     return {"stream_error": err}
-
-
-def _read(v: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """The vectors a probe reads, stacked: class token and mean patch token ([2N, D]; mean token alone without prefix)."""
-    return torch.cat([v[:, 0], v[:, num_prefix:].mean(1)]) if num_prefix else v.mean(1)
-
-
-@torch.no_grad()
-def fit_output(student, targets, images: int, batch_size: int, num_prefix: int, token_weight: float,
-               damp: float) -> int:
-    """Fit the ``OutputAlign`` map of ``student`` to the teacher outputs cached in ``targets``
-    (``distill.TeacherTargets``) on its first ``images`` images; returns how many images were used."""
-    align = align_output(student)
-    n, m, ins = min(images, len(targets)), _Moments(), []
-    hook = align.fit.register_forward_pre_hook(lambda _m, a: ins.append(a[0]))
-    try:
-        for s in range(0, n, batch_size):
-            x, t = targets.batch(list(range(s, min(s + batch_size, n))))
-            student(x)
-            z = ins.pop()
-            m.add(_read(z, num_prefix), _read(t, num_prefix), True)
-            m.add(z, t, True, torch.full(z.shape[:2], token_weight))
-    finally:
-        hook.remove()
-    m.solve(align.fit, damp)
-    return n

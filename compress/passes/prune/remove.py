@@ -66,38 +66,9 @@ class WidthRestore(nn.Module):
         return self.norm(self.proj(x))
 
 
-class OutputAlign(nn.Module):
-    """The final norm followed by a D x D linear map, fitted in closed form so that the pruned encoder's
-    outputs match the unpruned teacher's (``reconstruct.fit_output``). Created as the identity."""
-
-    def __init__(self, norm: nn.Module, dim: int):
-        super().__init__()
-        self.norm = norm
-        self.fit = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.fit.weight.copy_(torch.eye(dim))
-            self.fit.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fit(self.norm(x))
-
-
-def final_norm(model) -> nn.Module:
-    """The encoder's final norm under an ``OutputAlign``, if any."""
-    return model.norm.norm if isinstance(model.norm, OutputAlign) else model.norm
-
-
 def output_width(model) -> int | None:
     """The restored output width of an embed-pruned encoder, or None."""
-    norm = final_norm(model)
-    return norm.proj.out_features if isinstance(norm, WidthRestore) else None
-
-
-def align_output(model) -> OutputAlign:
-    """Wrap the final norm in an identity ``OutputAlign`` (once) and return it."""
-    if not isinstance(model.norm, OutputAlign):
-        model.norm = OutputAlign(model.norm, output_width(model) or model.cfg.embed_dim)
-    return model.norm
+    return model.norm.proj.out_features if isinstance(model.norm, WidthRestore) else None
 
 
 def needs_restore(model, keep_output_width: bool | None) -> bool:
@@ -208,8 +179,7 @@ def check_widths(model) -> None:
     found = {"patch_embed": model.patch_embed.proj.out_channels, "pos_embed": model.pos_embed.shape[-1]}
     if model.cls_token is not None:
         found["cls_token"] = model.cls_token.shape[-1]
-    norm = final_norm(model)
-    norm = norm.proj if isinstance(norm, WidthRestore) else norm
+    norm = model.norm.proj if isinstance(model.norm, WidthRestore) else model.norm
     found["norm"] = norm.in_features if isinstance(norm, nn.Linear) else norm.normalized_shape[0]
     if isinstance(model.head, nn.Linear):
         found["head"] = model.head.in_features
@@ -234,9 +204,7 @@ def check_widths(model) -> None:
 
 
 def rebuild(model, record: dict) -> None:
-    """Recreate the output lift of an embed-pruned encoder and the output alignment before weights load."""
+    """Recreate the output lift of an embed-pruned encoder before its weights load."""
     width = record.get("output_width")
-    if width and not isinstance(final_norm(model), WidthRestore):
+    if width and not isinstance(model.norm, WidthRestore):
         model.norm = WidthRestore(model.cfg.embed_dim, width, model.cfg.norm_eps)
-    if record.get("output_fit"):
-        align_output(model)

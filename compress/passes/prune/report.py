@@ -54,10 +54,6 @@ def section(rec: dict, run_dir: Path) -> str:
     if rv.get("steps"):
         md.append(f"- final recovery: {rv['steps']} steps ({rv['images']} images), KD loss {rv['loss_start']:.4f} -> "
                   f"{rv['loss_end']:.4f}, {rv['seconds'] / 60:.1f} min ({rv['cpu_seconds'] / 60:.1f} CPU min)")
-    of = rec.get("output_fit")
-    if of:
-        md.append(f"- output aligned to the teacher (closed-form {of['images']}-image fit of a linear map after the "
-                  f"final norm): KD loss on held-out images {of['loss_before']:.4f} -> {of['loss_after']:.4f}")
     md.append(f"- pass time {rec['seconds'] / 60:.1f} min ({rec['cpu_seconds'] / 60:.1f} CPU min)")
     md += ["", "| step | budget ms | predicted ms | heads | QK | V | MLP | embed | KD loss before -> after | "
                "recovery steps | KD loss after recovery |", "|" + "---|" * 11]

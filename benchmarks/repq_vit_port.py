@@ -154,7 +154,16 @@ class LogSqrt2Quantizer(nn.Module):
 
 
 # -- quantized modules (quant/quant_modules.py) ------------------------------------------------------------
-class QuantLinear(nn.Linear):
+class _FakeQuant:
+    """Input and weight fake quantization, each switched on by its flag (as their QuantLinear / QuantConv2d)."""
+
+    def _fake_quant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.use_input_quant:
+            x = self.input_quantizer(x)
+        return x, self.weight_quantizer(self.weight) if self.use_weight_quant else self.weight
+
+
+class QuantLinear(_FakeQuant, nn.Linear):
     def __init__(self, m: nn.Linear, a_bits: int, w_bits: int, act_channel_wise: bool = False):
         super().__init__(m.in_features, m.out_features, bias=m.bias is not None)
         self.weight.data.copy_(m.weight.data)
@@ -165,13 +174,10 @@ class QuantLinear(nn.Linear):
         self.use_input_quant = self.use_weight_quant = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_input_quant:
-            x = self.input_quantizer(x)
-        w = self.weight_quantizer(self.weight) if self.use_weight_quant else self.weight
-        return F.linear(x, w, self.bias)
+        return F.linear(*self._fake_quant(x), self.bias)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_FakeQuant, nn.Conv2d):
     def __init__(self, m: nn.Conv2d, w_bits: int):
         super().__init__(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                          bias=m.bias is not None)
@@ -181,10 +187,7 @@ class QuantConv2d(nn.Conv2d):
         self.use_input_quant = self.use_weight_quant = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_input_quant:
-            x = self.input_quantizer(x)
-        w = self.weight_quantizer(self.weight) if self.use_weight_quant else self.weight
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(*self._fake_quant(x), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class QuantMatMul(nn.Module):

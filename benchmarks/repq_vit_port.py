@@ -108,7 +108,8 @@ class UniformQuantizer(nn.Module):
             d, z = uniform_range_search(x.reshape(x.shape[0], -1), self.n_bits)
             shape = (-1,) + (1,) * (x.dim() - 1)
             return d.view(shape), z.view(shape)
-        raise NotImplementedError(x.shape)
+        raise ValueError(f"channel-wise ranges of a {x.dim()}-D tensor {tuple(x.shape)}: RepQ-ViT (and this port) "
+                         "only has them for 3-D activations and 2-D / 4-D weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.inited:

@@ -153,7 +153,6 @@ def test_nonempty_foreign_out_dir_is_left_alone(tmp_path, capsys):
     assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
 
 
-
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
@@ -167,7 +166,8 @@ def test_shipped_recipes_validate(path):
     assert [n for n, _ in lr.passes] == list(lr.recipe.passes)
 
 
-def test_int4_vit_fast_differs_from_int4_vit_only_in_weight_layout():
+def test_int4_vit_fast_keeps_the_int4_vit_budget_with_per_channel_weights():
+    """Same 4-bit average, activations and exports; only the weight layout (and its calibration) differ."""
     from compress.recipes import load_recipe
 
     root = Path(__file__).resolve().parents[1] / "recipes"

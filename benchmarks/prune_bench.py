@@ -54,7 +54,8 @@ def run_variant(name: str, out: Path, extra: list[str]) -> dict:
     return {"variant": name, "criterion": crit, "target": float(target), "run_dir": str(out / name),
             "reference_top1": summary["evaluation"]["reference_top1"],
             "artifacts": [{k: r.get(k) for k in ("name", "path", "precision", "top1", "delta_top1", "agreement",
-                                                  "params", "gflops", "size_mb")} | {"p50_ms": r["latency"]["p50_ms"]}
+                                                  "top1_refit", "delta_top1_refit", "params", "gflops", "size_mb")}
+                          | {"p50_ms": r["latency"]["p50_ms"]}
                           for r in model],
             "baseline_p50_ms": base_row["latency"]["p50_ms"], "baseline_params": base_row.get("params"),
             "baseline_gflops": base_row.get("gflops"), "prune": {k: rec.get(k) for k in (
@@ -97,14 +98,34 @@ def time_artifacts(results: dict, runs: int = 20, rounds: int = 4) -> None:
                                  for a, c, w in zip(res["artifacts"], cpu[1:], wall[1:])]}
 
 
+def add_refit(results: dict) -> None:
+    """Own-probe top-1 (``evaluation.probe_refit``) for artifacts scored without it: a probe fitted on the
+    artifact's own features of the same train images, as the fp32 probe was on the fp32 model's."""
+    from compress.evaluation.evaluate import Evaluator
+    from compress.pipeline.state import load_any
+    from compress.recipes import load_recipe
+    from compress.runtime import OrtRunner
+
+    for res in results.values():
+        todo = [a for a in res["artifacts"] if a.get("top1_refit") is None]
+        if not todo:
+            continue
+        run = Path(res["run_dir"])
+        lr = load_recipe(run / "recipe.yaml", ["evaluation.probe_refit=true"])
+        ev = Evaluator(load_any(lr.recipe.model, lr.recipe.weights).model, lr.recipe.data, lr.recipe.evaluation, run)
+        for a in todo:
+            s = ev.score(OrtRunner(run / a["path"], 1), f"{res['variant']} {a['name']}")
+            a |= {k: s[k] for k in ("top1_refit", "delta_top1_refit", "probe_refit_l2")}
+
+
 def _f(v, fmt: str) -> str:
     return "–" if v is None else fmt.format(v)
 
 
 def table(results: dict) -> str:
     head = ("| variant | latency vs fp32 (CPU best-of) | speed-up | CPU ms | p50 ms (wall) | top-1 % | Δ top-1 | "
-            "one-shot Δ top-1 | agreement % | LUT predicted ms | measured ms | prediction error | params M | GFLOPs | "
-            "pass CPU min | pass wall min |")
+            "own-probe Δ top-1 | one-shot Δ top-1 | agreement % | LUT predicted ms | measured ms | prediction error | "
+            "params M | GFLOPs | pass CPU min | pass wall min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         if name.endswith("-oneshot"):
@@ -117,7 +138,8 @@ def table(results: dict) -> str:
                 f"{name} [{a['precision']}]", _f(t.get("ratio_cpu"), "{:.3f}"),
                 _f(t.get("speedup_cpu"), "{:.2f}x"), _f(t.get("cpu_ms"), "{:.1f}"),
                 _f(t.get("wall_p50_ms", a["p50_ms"]), "{:.1f}"), f"{a['top1']:.2f}",
-                f"{a['delta_top1']:+.2f}", "–" if one_d is None else f"{one_d:+.2f}", f"{a['agreement']:.1f}",
+                f"{a['delta_top1']:+.2f}", _f(a.get("delta_top1_refit"), "{:+.2f}"),
+                "–" if one_d is None else f"{one_d:+.2f}", f"{a['agreement']:.1f}",
                 f"{p['pruned']['predicted_ms']:.1f}", f"{p['pruned'].get('measured_ms', float('nan')):.1f}",
                 f"{p['prediction_error']:+.1%}" if p.get("prediction_error") is not None else "–",
                 f"{(a.get('params') or 0) / 1e6:.2f}", f"{a.get('gflops') or 0:.2f}",
@@ -133,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--oneshot-only", action="store_true", help="only the one-shot (before recovery) runs")
     ap.add_argument("--set", action="append", default=[], help="recipe override for every run")
     ap.add_argument("--no-retime", action="store_true")
+    ap.add_argument("--refit", action="store_true",
+                    help="also score every artifact with a probe fitted on its own features (own-probe top-1)")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "prune.json",
                     help="where the summary (command, results, table) is written")
     args = ap.parse_args(argv)
@@ -153,6 +177,9 @@ def main(argv=None) -> int:
             continue
         print(f"== {v}", flush=True)
         results[v] = run_variant(v, args.out, args.set)
+        path.write_text(json.dumps(results, indent=1))
+    if args.refit:
+        add_refit({v: results[v] for v in variants})
         path.write_text(json.dumps(results, indent=1))
     if not args.no_retime:
         time_artifacts(results)

@@ -18,6 +18,7 @@ def summary_table(rows: list[dict]) -> str:
             ("precision", lambda r: r.get("precision", "")),
             ("top-1", lambda r: f"{r['top1']:.2f}" if r.get("top1") is not None else "-"),
             ("Δtop-1", lambda r: f"{r['delta_top1']:+.2f}" if r.get("delta_top1") is not None else "-"),
+            ("own-probe", lambda r: f"{r['top1_refit']:.2f}" if r.get("top1_refit") is not None else "-"),
             ("agree%", lambda r: f"{r['agreement']:.1f}" if r.get("agreement") is not None else "-"),
             ("cosine", lambda r: f"{r['feature_cosine']:.5f}" if r.get("feature_cosine") is not None else "-"),
             ("MB", lambda r: f"{r['size_mb']:.1f}" if r.get("size_mb") else "-"),
@@ -25,6 +26,8 @@ def summary_table(rows: list[dict]) -> str:
             ("p50 ms", lambda r: f"{r['latency']['p50_ms']:.1f}" if r.get("latency") else "-"),
             ("p90 ms", lambda r: f"{r['latency']['p90_ms']:.1f}" if r.get("latency") else "-"),
             ("CPU p50", lambda r: f"{r['latency']['cpu_p50_ms']:.1f}" if r.get("latency", {}).get("cpu_p50_ms") else "-")]
+    if not any(r.get("top1_refit") is not None for r in rows):
+        cols = [c for c in cols if c[0] != "own-probe"]
     cells = [[c[0] for c in cols]] + [[f(r) for _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
@@ -104,7 +107,7 @@ def evaluate(args) -> dict:
     if ecfg.latency.enabled:
         row["latency"] = latency_of(runner, cfg, ecfg.latency)
     ref_row = {"name": "fp32 reference", "runtime": "pytorch", "top1": ev.reference_top1, "delta_top1": 0.0,
-               "agreement": 100.0, "feature_cosine": 1.0}
+               "agreement": 100.0, "feature_cosine": 1.0} | ({"top1_refit": ev.reference_top1} if ev.refits else {})
     _print(summary_table([ref_row, row]))
     return {"reference": ref_row, "result": row}
 

@@ -171,3 +171,35 @@ def test_classifier_models_are_scored_with_their_own_head(image_folder):
         want = (model(x).argmax(1).numpy() == ev._test.labels).mean() * 100
     s = ev.score(TorchRunner(model), "self")
     assert s["top1"] == pytest.approx(want) and s["agreement"] == 100.0
+
+
+def test_probe_refit_scores_the_changed_encoder_itself(image_folder):
+    """A variant whose features are an invertible linear map of the reference's keeps its own-probe top-1
+    (equal to the reference's up to the probe fit) while the fixed fp32 probe, reading the wrong basis, drops."""
+    from conftest import tiny_config
+
+    from compress.evaluation.evaluate import Evaluator
+    from compress.models import build
+    from compress.recipes.schema import DataConfig, EvaluationConfig
+    from compress.runtime import TorchRunner
+
+    torch.manual_seed(0)
+    model = build(tiny_config())
+    d = model.cfg.embed_dim
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1)))
+
+    def rotated(x):  # the same information, another basis
+        with torch.no_grad():
+            return model(x) @ q * 3.0
+
+    ev = Evaluator(model, DataConfig(path=str(image_folder), batch_size=6),
+                   EvaluationConfig(probe_train=18, test=18, probe_refit=True))
+    assert ev.refits
+    same = ev.score(TorchRunner(model), "self")
+    assert same["top1_refit"] == pytest.approx(same["top1"]) and same["delta_top1_refit"] == pytest.approx(0.0)
+    moved = ev.score(rotated, "rotated")
+    assert moved["agreement"] < 100.0
+    assert moved["top1_refit"] >= ev.reference_top1 - 100 / 18 * 2  # within two of 18 images
+    assert moved["top1_refit"] > moved["top1"]
+    off = Evaluator(model, DataConfig(path=str(image_folder), batch_size=6), EvaluationConfig(probe_train=18, test=18))
+    assert "top1_refit" not in off.score(TorchRunner(model), "self")

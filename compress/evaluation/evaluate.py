@@ -104,6 +104,12 @@ class Evaluator:
                 if probe_path:
                     self.probe.save(probe_path)
 
+    @property
+    def refits(self) -> bool:
+        """Whether scores include a probe refitted on each variant's own features."""
+        self.prepare()
+        return self.method == "probe" and self.cfg.probe_refit
+
     def _predict(self, f: torch.Tensor) -> torch.Tensor:
         return (self.probe.logits(f) if self.method == "probe" else f).argmax(1)
 
@@ -119,10 +125,22 @@ class Evaluator:
         pred, ref_pred = self._predict(f.pooled), self._predict(self.ref_test.pooled)
         cos = torch.nn.functional.cosine_similarity(f.pooled.double(), self.ref_test.pooled.double(), dim=1)
         top1 = float((pred == f.labels).double().mean()) * 100
-        return {"top1": top1, "delta_top1": top1 - self.reference_top1,
-                "agreement": float((pred == ref_pred).double().mean()) * 100,
-                "feature_cosine": float(cos.mean()), "feature_cosine_min": float(cos.min()),
-                "images": len(f.labels), "method": self.method}
+        out = {"top1": top1, "delta_top1": top1 - self.reference_top1,
+               "agreement": float((pred == ref_pred).double().mean()) * 100,
+               "feature_cosine": float(cos.mean()), "feature_cosine_min": float(cos.min()),
+               "images": len(f.labels), "method": self.method}
+        if self.refits:
+            out |= self.refit(runner, name, f)
+        return out
+
+    def refit(self, runner, name: str, test: Features) -> dict:
+        """Top-1 of a probe fitted on the runner's own features of the same train images, with the same
+        procedure as the fp32 probe: the linear-probe score of the changed encoder itself."""
+        train = extract(runner, self._subset("train", self.cfg.probe_train), self.data.batch_size,
+                        self.vit.num_prefix_tokens, f"probe features {name}")
+        probe = LinearProbe.fit(train.pooled, train.labels, len(self._test.source.classes))
+        top1 = float((probe.logits(test.pooled).argmax(1) == test.labels).double().mean()) * 100
+        return {"top1_refit": top1, "delta_top1_refit": top1 - self.reference_top1, "probe_refit_l2": probe.l2}
 
     def fidelity_images(self) -> torch.Tensor:
         ds = self._subset("test", self.cfg.fidelity_images)

@@ -24,9 +24,10 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
     ev = Evaluator(reference.model, ctx.recipe.data, ecfg, ctx.run_dir)
     ev.prepare()
     ref_top1 = ev.reference_top1
-    rows = [{"name": "fp32 (PyTorch reference)", "runtime": "pytorch", "precision": "fp32", "top1": ref_top1,
-             "delta_top1": 0.0, "agreement": 100.0, "feature_cosine": 1.0, "method": ev.method,
-             "params": sum(p.numel() for p in reference.model.parameters())}]
+    ref_scores = {"top1": ref_top1, "delta_top1": 0.0, "agreement": 100.0, "feature_cosine": 1.0} | (
+        {"top1_refit": ref_top1, "delta_top1_refit": 0.0} if ev.refits else {})  # its own probe is the fp32 probe
+    rows = [{"name": "fp32 (PyTorch reference)", "runtime": "pytorch", "precision": "fp32", "method": ev.method,
+             "params": sum(p.numel() for p in reference.model.parameters())} | ref_scores]
     if ecfg.latency.enabled and ecfg.latency.pytorch:
         rows[0]["latency"] = latency_of(TorchRunner(reference.model), reference.cfg, ecfg.latency)
     for a in artifacts:
@@ -40,8 +41,8 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
         factory = RUNNERS.get(a["runtime"])
         if factory is None or not a.get("evaluate", True):
             if factory is not None and a["name"] == "baseline-fp32" and ecfg.latency.enabled:
-                row |= {"top1": ref_top1, "delta_top1": 0.0, "agreement": 100.0, "feature_cosine": 1.0,
-                        "latency": latency_of(factory(path, ecfg.latency.threads), reference.cfg, ecfg.latency)}
+                row |= ref_scores | {"latency": latency_of(factory(path, ecfg.latency.threads), reference.cfg,
+                                                           ecfg.latency)}
             rows.append(row)
             continue
         runner = factory(path, ecfg.latency.threads)
@@ -49,6 +50,7 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
         if ecfg.latency.enabled:
             row["latency"] = latency_of(runner, state.cfg, ecfg.latency)
         ui.info(f"  {a['name']}: top-1 {row['top1']:.2f} ({row['delta_top1']:+.2f}), agreement {row['agreement']:.1f}%"
+                + (f", own-probe top-1 {row['top1_refit']:.2f} ({row['delta_top1_refit']:+.2f})" if "top1_refit" in row else "")
                 + (f", p50 {row['latency']['p50_ms']:.1f} ms" if "latency" in row else ""))
         rows.append(row)
     fidelity = {}
@@ -66,7 +68,7 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
                              "latency": latency_of(TorchRunner(m), state.cfg, ecfg.latency)})
     return {"method": ev.method, "reference_top1": ref_top1, "test_images": ecfg.test,
             "probe_train_images": ecfg.probe_train if ev.method == "probe" else 0,
-            "probe_l2": ev.probe.l2 if ev.probe else None, "rows": rows, "fidelity": fidelity,
+            "probe_l2": ev.probe.l2 if ev.probe else None, "probe_refit": ev.refits, "rows": rows, "fidelity": fidelity,
             "threads": ecfg.latency.threads, "batch": ecfg.latency.batch}
 
 

@@ -35,6 +35,9 @@ class EvaluationConfig(Strict):
     enabled: bool = True
     method: Literal["auto", "probe", "classifier"] = "auto"
     probe_train: int = Field(2000, ge=10, le=1_000_000)
+    # also fit a probe on each variant's own features (the linear-probe protocol for a changed encoder:
+    # pruned, distilled); reported as top1_refit beside the fixed fp32 probe's top1
+    probe_refit: bool = False
     test: int = Field(2000, ge=10, le=1_000_000)
     seed: int = 0
     fidelity_images: int = Field(16, ge=1, le=10_000)

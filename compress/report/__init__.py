@@ -24,14 +24,16 @@ def _f(v, fmt="{:.2f}", none="–"):
 
 
 def results_table(rows: list[dict]) -> str:
-    head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | agreement % | feat. cosine | size MB | "
-            "params M | GFLOPs | p50 ms | p90 ms | CPU p50 ms |")
+    refit = any("top1_refit" in r for r in rows)
+    head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | " + ("own-probe top-1 % | own-probe Δ | " if refit else "")
+            + "agreement % | feat. cosine | size MB | params M | GFLOPs | p50 ms | p90 ms | CPU p50 ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r.get("latency") or {}
         lines.append("| " + " | ".join([
             r["name"], r.get("runtime", ""), r.get("precision", ""), _f(r.get("top1")),
-            _f(r.get("delta_top1"), "{:+.2f}"), _f(r.get("agreement"), "{:.1f}"),
+            _f(r.get("delta_top1"), "{:+.2f}")] + ([_f(r.get("top1_refit")), _f(r.get("delta_top1_refit"), "{:+.2f}")]
+                                                  if refit else []) + [_f(r.get("agreement"), "{:.1f}"),
             _f(r.get("feature_cosine"), "{:.5f}"), _f(r.get("size_mb"), "{:.1f}"),
             _f(r["params"] / 1e6 if r.get("params") else None, "{:.2f}"), _f(r.get("gflops"), "{:.2f}"),
             _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}"),
@@ -55,7 +57,10 @@ def write_report(run_dir: Path, summary: dict) -> None:
         md += ["## Results", "",
                f"Top-1 on {ev['test_images']} test images ({how}reused unchanged for every variant); "
                f"agreement = share of test images whose prediction equals the fp32 model's; latency at batch "
-               f"{ev['batch']}, {ev['threads']} thread(s), after warm-up.", "", results_table(ev["rows"]), ""]
+               f"{ev['batch']}, {ev['threads']} thread(s), after warm-up."
+               + (" Own-probe top-1: a probe fitted the same way on each variant's own features of the same train "
+                  "images (the linear-probe score of the changed encoder)." if ev.get("probe_refit") else ""),
+               "", results_table(ev["rows"]), ""]
         fid = ev.get("fidelity") or {}
         if fid:
             md += [f"Token cosine to fp32 on {fid['images']} images: {fid['token_cosine']:.5f}.", ""]

@@ -49,8 +49,10 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
         row |= ev.score(runner, a["name"])
         if ecfg.latency.enabled:
             row["latency"] = latency_of(runner, state.cfg, ecfg.latency)
+        own = (f", own-probe top-1 {row['top1_refit']:.2f} ({row['delta_top1_refit']:+.2f})"
+               if "top1_refit" in row else "")
         ui.info(f"  {a['name']}: top-1 {row['top1']:.2f} ({row['delta_top1']:+.2f}), agreement {row['agreement']:.1f}%"
-                + (f", own-probe top-1 {row['top1_refit']:.2f} ({row['delta_top1_refit']:+.2f})" if "top1_refit" in row else "")
+                + own
                 + (f", p50 {row['latency']['p50_ms']:.1f} ms" if "latency" in row else ""))
         rows.append(row)
     fidelity = {}

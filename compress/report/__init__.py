@@ -24,16 +24,17 @@ def _f(v, fmt="{:.2f}", none="–"):
 
 
 def results_table(rows: list[dict]) -> str:
-    refit = any("top1_refit" in r for r in rows)
-    head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | " + ("own-probe top-1 % | own-probe Δ | " if refit else "")
+    refit = any("top1_refit" in r for r in rows)  # own-probe columns only when the run scored them
+    head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | "
+            + ("own-probe top-1 % | own-probe Δ | " if refit else "")
             + "agreement % | feat. cosine | size MB | params M | GFLOPs | p50 ms | p90 ms | CPU p50 ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r.get("latency") or {}
+        own = [_f(r.get("top1_refit")), _f(r.get("delta_top1_refit"), "{:+.2f}")] if refit else []
         lines.append("| " + " | ".join([
             r["name"], r.get("runtime", ""), r.get("precision", ""), _f(r.get("top1")),
-            _f(r.get("delta_top1"), "{:+.2f}")] + ([_f(r.get("top1_refit")), _f(r.get("delta_top1_refit"), "{:+.2f}")]
-                                                  if refit else []) + [_f(r.get("agreement"), "{:.1f}"),
+            _f(r.get("delta_top1"), "{:+.2f}"), *own, _f(r.get("agreement"), "{:.1f}"),
             _f(r.get("feature_cosine"), "{:.5f}"), _f(r.get("size_mb"), "{:.1f}"),
             _f(r["params"] / 1e6 if r.get("params") else None, "{:.2f}"), _f(r.get("gflops"), "{:.2f}"),
             _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}"),

@@ -201,5 +201,6 @@ def test_probe_refit_scores_the_changed_encoder_itself(image_folder):
     assert moved["agreement"] < 100.0
     assert moved["top1_refit"] >= ev.reference_top1 - 100 / 18 * 2  # within two of 18 images
     assert moved["top1_refit"] > moved["top1"]
+    assert same["probe_refit_l2"] == moved["probe_refit_l2"] == ev.probe.l2  # the fp32 probe's strength
     off = Evaluator(model, DataConfig(path=str(image_folder), batch_size=6), EvaluationConfig(probe_train=18, test=18))
     assert "top1_refit" not in off.score(TorchRunner(model), "self")

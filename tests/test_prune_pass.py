@@ -155,27 +155,3 @@ export: {{verify: {{images: 2}}}}
     assert q["verification"]["passed"]
     rows = {r["name"]: r for r in summary["evaluation"]["rows"]}
     assert rows[q["name"]]["top1"] is not None
-
-
-def test_prune_int8_recipe_runs_end_to_end(tmp_path, image_folder):
-    """recipes/prune-int8-vit.yaml itself (on a tiny model): prune -> fold -> W8A8, the INT8 graph verified
-    against the pruned model and scored."""
-    from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
-
-    _tiny_state().save(tmp_path / "tiny")
-    small = {"roofline": True, "saliency": {"images": 8, "batch_size": 4}, "reconstruct": {"images": 8}, "iterations": 2,
-             "recovery": {"steps": 2, "images": 8, "batch_size": 4, "cache_teacher": False},
-             "measure": {"runs": 2, "max_rounds": 0}}
-    sets = [f"model={tmp_path / 'tiny'}", f"data={{path: {image_folder}, calibration: {{count: 8}}, batch_size: 4}}",
-            "evaluation={probe_train: 12, test: 12, fidelity_images: 4, latency: {enabled: false}}",
-            "export={verify: {images: 2}}"] + [f"passes.prune.{k}={json.dumps(v)}" for k, v in small.items()]
-    lr = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "prune-int8-vit.yaml", sets)
-    assert [p.name for _, p in lr.passes] == ["prune", "fold", "quantize"]
-    summary = run_recipe(lr, RunOptions(out=tmp_path / "run"))
-    prune, quant = summary["passes"][0], summary["passes"][-1]
-    assert prune["predicted_ratio"] <= 0.6 + 1e-9 and quant["type"] == "quantize"
-    q = next(a for a in summary["artifacts"] if a["precision"].startswith("w8a8"))
-    assert q["verification"]["passed"]
-    row = next(r for r in summary["evaluation"]["rows"] if r["name"] == q["name"])
-    assert row["top1"] is not None and row["params"] < prune["original"]["params"]

@@ -36,7 +36,7 @@ class EvaluationConfig(Strict):
     method: Literal["auto", "probe", "classifier"] = "auto"
     probe_train: int = Field(2000, ge=10, le=1_000_000)
     # also fit a probe on each variant's own features (the linear-probe protocol for a changed encoder:
-    # pruned, distilled); reported as top1_refit beside the fixed fp32 probe's top1
+    # pruned, distilled), with the fp32 probe's L2; reported as top1_refit beside the fixed fp32 probe's top1
     probe_refit: bool = False
     test: int = Field(2000, ge=10, le=1_000_000)
     seed: int = 0

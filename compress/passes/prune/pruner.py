@@ -120,6 +120,9 @@ class PrunePass(Pass):
         if not isinstance(model, VisionTransformer):
             raise UserError(f"the prune pass works on ViTs (VisionTransformer), not {type(model).__name__}",
                             "prune a ViT/DeiT/DINOv2/CLIP model; Swin's windowed stages are not supported")
+        if state.record("align") is not None:
+            raise UserError("the prune pass must run before align (align fits its map to the pruned model)",
+                            "move passes.align below passes.prune in the recipe")
         t0, c0 = time.time(), time.process_time()
         target, profile = resolve_target(c.target, ctx.targets)
         lm = load(target, c.lut, c.roofline)

@@ -21,24 +21,30 @@ from ...models.vit import LayerScale
 from .remove import WidthRestore
 
 
-class _Moments:
-    def __init__(self):
-        self.H, self.C, self.n = None, None, 0
+class Moments:
+    """E[x x^T] and E[x r^T] of a least-squares fit, accumulated in ``dtype`` (float64: exact refits)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.H, self.C, self.n, self.dtype = None, None, 0, dtype
 
     def add(self, x: torch.Tensor, r: torch.Tensor, bias: bool, w: torch.Tensor | None = None) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
+        x = x.reshape(-1, x.shape[-1]).to(self.dtype)
         if bias:
-            x = torch.cat([x, torch.ones(len(x), 1)], 1)
-        r = r.reshape(-1, r.shape[-1]).float()
-        xw = x if w is None else x * w.reshape(-1, 1)
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=self.dtype)], 1)
+        r = r.reshape(-1, r.shape[-1]).to(self.dtype)
+        xw = x if w is None else x * w.reshape(-1, 1).to(self.dtype)
         h, c = (xw.T @ x).double(), (xw.T @ r).double()
         self.H = h if self.H is None else self.H + h
         self.C = c if self.C is None else self.C + c
         self.n += len(x)
 
-    def solve(self, layer: nn.Linear, damp: float) -> None:
+    def solve(self, layer: nn.Linear, damp: float, prior: torch.Tensor | None = None) -> None:
+        """Ridge solve; the ridge shrinks towards ``prior`` ([in (+1), out]; default zero)."""
         H, C = self.H / self.n, self.C / self.n
-        H = H + damp * H.diagonal().mean() * torch.eye(len(H), dtype=H.dtype)
+        lam = damp * H.diagonal().mean()
+        H = H + lam * torch.eye(len(H), dtype=H.dtype)
+        if prior is not None:
+            C = C + lam * prior.to(C.dtype)
         W = torch.linalg.solve(H, C).T.float()  # [out, in (+1)]
         with torch.no_grad():
             if layer.bias is not None:
@@ -78,14 +84,14 @@ def reconstruct(student, teacher, batches: list[torch.Tensor], keep: list[int], 
     err = []
     for sb, tb in zip(student.blocks, teacher.blocks):
         t_mid = [t + tb.ls1(tb.attn(tb.norm1(t))) for t in ts]
-        m = _Moments()
+        m = Moments()
         outs = [_proj_input(sb.attn, sb.norm1(x)) for x in xs]
         for x, o, t in zip(xs, outs, t_mid):
             m.add(o, (t[..., k] - x) / _gamma(sb.ls1, x), sb.attn.proj.bias is not None, _token_weight(t))
         m.solve(sb.attn.proj, damp)
         xs = [x + sb.ls1(sb.attn.proj(o)) for x, o in zip(xs, outs)]
         ts = [t + tb.ls2(tb.mlp(tb.norm2(t))) for t in t_mid]
-        m = _Moments()
+        m = Moments()
         hid = [sb.mlp.act(sb.mlp.fc1(sb.norm2(x))) for x in xs]
         for x, h, t in zip(xs, hid, ts):
             m.add(h, (t[..., k] - x) / _gamma(sb.ls2, x), sb.mlp.fc2.bias is not None, _token_weight(t))
@@ -94,7 +100,7 @@ def reconstruct(student, teacher, batches: list[torch.Tensor], keep: list[int], 
         err.append(float(sum((x - t[..., k]).pow(2).sum() for x, t in zip(xs, ts))
                          / sum(t.pow(2).sum() for t in ts)))
     if isinstance(student.norm, WidthRestore) and not student.cfg.fc_norm:
-        m = _Moments()
+        m = Moments()
         for x, t in zip(xs, ts):
             m.add(x, t, True, _token_weight(t))
         m.solve(student.norm.proj, damp)

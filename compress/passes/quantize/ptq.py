@@ -51,12 +51,24 @@ def _run(fn: Callable, xs) -> torch.Tensor:
 
 # -- 1. reparameterization ------------------------------------------------------------------------
 @torch.no_grad()
+def _output_map(model) -> list[tuple]:
+    """The final LayerNorm and the align pass's linear map reading it, if there is one."""
+    from ..align import OutputMap
+
+    if not isinstance(model.norm, OutputMap):
+        return []
+    ln = getattr(model.norm.norm, "norm", model.norm.norm)  # inside an embed-pruned encoder's WidthRestore
+    return [(ln, [model.norm.map])] if isinstance(ln, nn.LayerNorm) and ln.weight is not None else []
+
+
 def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max_rows: int = 32768) -> list[dict]:
-    """Fold clipped per-channel ranges of norm1 / norm2 outputs into the norms and q/k/v, fc1."""
+    """Fold clipped per-channel ranges of norm1 / norm2 outputs into the norms and q/k/v, fc1 (and of the
+    final norm into the align pass's output map)."""
     pc = cfg.reparam
     rows: dict[int, list[torch.Tensor]] = {}
     norms = [(blk.norm1, [blk.attn.q, blk.attn.k, blk.attn.v]) for blk in model.blocks]
     norms += [(blk.norm2, [blk.mlp.fc1]) for blk in model.blocks]
+    norms += _output_map(model)
     per_batch = max(1, max_rows // max(1, len(images) // CHUNK + 1))
     g = torch.Generator().manual_seed(0)
 

@@ -36,6 +36,38 @@ def test_idx_and_npz_sources(tmp_path):
         open_source(str(tmp_path), "train")
 
 
+def test_archive_extraction_is_keyed_by_content(tmp_path, monkeypatch):
+    import os
+    import tarfile
+
+    from PIL import Image
+
+    from compress.data.sources import extract_archive
+
+    monkeypatch.setenv("VITFORGE_CACHE", str(tmp_path / "cache"))
+
+    def pack(name, colour):
+        (tmp_path / "src" / "test" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), colour).save(tmp_path / "src" / "test" / "cat" / "0.png")
+        with tarfile.open(tmp_path / name, "w:gz") as tar:
+            tar.add(tmp_path / "src", arcname="data")
+        return tmp_path / name
+
+    a = pack("data.tar.gz", (255, 0, 0))
+    first = extract_archive(a)
+    (first / "marker").write_text("kept")
+    os.utime(a, (1e9, 1e9))  # touched (a re-copied download): same bytes, new mtime
+    assert extract_archive(a) == first and (first / "marker").read_text() == "kept"
+    copy = tmp_path / "elsewhere" / "data.tar.gz"
+    copy.parent.mkdir()
+    copy.write_bytes(a.read_bytes())
+    assert extract_archive(copy) == first
+    b = pack("data.tar.gz", (0, 0, 255))  # same name, new content: extracted anew
+    second = extract_archive(b)
+    assert second != first and not (second / "marker").exists()
+    assert np.asarray(open_source(str(b), "test").image(0))[0, 0].tolist() == [0, 0, 255]
+
+
 def test_fashion_mnist_from_debian_package():
     from compress.data.sources import KNOWN
 

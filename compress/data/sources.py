@@ -5,6 +5,7 @@ Each source lists samples as (loader key, label) with class names; images decode
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
-from ..utils.io import atomic_dir, cache_dir
+from ..utils.io import atomic_dir, cache_dir, sha256_file, write_text
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 # well-known names -> where they live on machines set up by `make setup`
@@ -100,10 +101,24 @@ def idx_source(root: Path, split: str) -> ArraySource:
                        FASHION_CLASSES if "fashion" in str(root).lower() else None)
 
 
+def archive_digest(path: Path) -> str:
+    """SHA-256 of an archive's bytes, remembered per (size, mtime) so an unchanged file is hashed once."""
+    st, where = path.stat(), hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    memo = cache_dir("datasets", ".digests") / f"{path.name}-{where}-{st.st_size}-{st.st_mtime_ns}"
+    if memo.is_file():
+        return memo.read_text().strip()
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise UserError(f"archive {path} is unreadable ({e})", "check its permissions or re-download it") from None
+    write_text(memo, digest)
+    return digest
+
+
 def extract_archive(path: Path) -> Path:
-    """Unpack a tar.gz once into the cache (atomically), keyed by its name, size and mtime."""
-    st = path.stat()
-    dest = cache_dir("datasets") / f"{path.name.split('.')[0]}-{st.st_size}-{int(st.st_mtime)}"
+    """Unpack a tar.gz once into the cache (atomically), keyed by its name and content: a copied or
+    touched archive reuses the extraction (and every feature cache keyed by its folder)."""
+    dest = cache_dir("datasets") / f"{path.name.split('.')[0]}-{archive_digest(path)[:16]}"
     if not dest.is_dir():
         try:
             with atomic_dir(dest) as tmp, tarfile.open(path, "r:*") as tar:

@@ -50,7 +50,6 @@ def _run(fn: Callable, xs) -> torch.Tensor:
 
 
 # -- 1. reparameterization ------------------------------------------------------------------------
-@torch.no_grad()
 def _output_map(model) -> list[tuple]:
     """The final LayerNorm and the align pass's linear map reading it, if there is one."""
     from ..align import OutputMap
@@ -61,6 +60,7 @@ def _output_map(model) -> list[tuple]:
     return [(ln, [model.norm.map])] if isinstance(ln, nn.LayerNorm) and ln.weight is not None else []
 
 
+@torch.no_grad()
 def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max_rows: int = 32768) -> list[dict]:
     """Fold clipped per-channel ranges of norm1 / norm2 outputs into the norms and q/k/v, fc1 (and of the
     final norm into the align pass's output map)."""

@@ -220,16 +220,21 @@ def test_kit_with_broken_rules_is_not_shipped(run):
 
 
 class FakeTRT:
-    """Records what build_engine does with the TensorRT Python API (TensorRT cannot be installed here)."""
+    """Records what build_engine does with the TensorRT Python API (TensorRT cannot be installed here).
 
-    __version__ = "10.3.0"
+    The enum values are TensorRT's own (NvInfer.h): NetworkDefinitionCreationFlag kEXPLICIT_BATCH = 0, and
+    kSTRONGLY_TYPED = 1 from TensorRT 9; TensorRT 8.5 has no strongly typed flag (its value 1 is the
+    deprecated kEXPLICIT_PRECISION), so the 8.x fake lacks the attribute."""
 
-    def __init__(self):
+    def __init__(self, version: str = "10.3.0"):
         self.calls = {}
+        self.__version__ = version
         fake = self
 
         class NetworkDefinitionCreationFlag:
-            EXPLICIT_BATCH, STRONGLY_TYPED = 0, 5
+            EXPLICIT_BATCH = 0
+            if int(version.split(".")[0]) >= 9:
+                STRONGLY_TYPED = 1
 
         class BuilderFlag:
             FP16, INT8 = "FP16", "INT8"
@@ -312,7 +317,7 @@ def test_build_engine_script_up_to_the_builder_call(run, tmp_path):
     trt = FakeTRT()
     res = build_from_kit(kit, "jetson-orin-nano", trt=trt)
     c = trt.calls
-    assert c["onnx"] == str(kit / "model.onnx") and c["network_flags"] == 1 << 5  # strongly typed, no EXPLICIT_BATCH
+    assert c["onnx"] == str(kit / "model.onnx") and c["network_flags"] == 0b10  # kSTRONGLY_TYPED only
     assert "flags" not in c  # strongly typed: no precision flags
     assert c["shape"] == ("images", (1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32)) and c["profiles"] == 1
     assert c["cache_in"] == b"cache-v1" and c["built"] == ("network", "detailed")
@@ -320,10 +325,9 @@ def test_build_engine_script_up_to_the_builder_call(run, tmp_path):
     assert res["built"] and res["precision"] == "int8"
     # Xavier (TensorRT 8.5): explicit batch and precision flags instead of strong typing
     x = run.run_dir / "artifacts" / "jetson-xavier-nx" / "model-int8.trt-kit"
-    trt8 = FakeTRT()
-    trt8.__version__ = "8.5.2"
+    trt8 = FakeTRT("8.5.2")
     build_from_kit(x, "jetson-xavier-nx", trt=trt8)
-    assert trt8.calls["network_flags"] == 1 << 0 and trt8.calls["flags"] == ["FP16", "INT8"]
+    assert trt8.calls["network_flags"] == 0b1 and trt8.calls["flags"] == ["FP16", "INT8"]  # kEXPLICIT_BATCH only
 
 
 def test_compress_build_without_tensorrt(run, capsys):
@@ -340,3 +344,57 @@ def test_compress_build_without_tensorrt(run, capsys):
     assert "was made for jetson-orin-nano" in capsys.readouterr().err
     assert main(["build", "--target", "x86-avx512", str(kit)]) == 2
     assert "does not run TensorRT" in capsys.readouterr().err
+
+
+def _kit_copy(run, dest: Path, name: str = "model-int8.trt-kit") -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run.run_dir / "artifacts" / "jetson-orin-nano" / name, dest / name))
+
+
+RAN = "\nPath(__file__).with_name('RAN').write_text('the kit ran code here')\n"  # appended to a kit's script
+
+
+def test_dry_run_executes_nothing_from_the_kit(run, tmp_path, capsys):
+    from compress.cli import main
+
+    kit = _kit_copy(run, tmp_path)
+    with open(kit / "build_engine.py", "a") as f:
+        f.write(RAN)
+    assert main(["build", "--target", "jetson-orin-nano", str(kit), "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trtexec"].startswith("trtexec --onnx=model.onnx") and not out["built"]
+    assert not (kit / "RAN").exists()
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "build_engine.py"])
+def test_real_build_checks_every_file_hash_first(run, tmp_path, capsys, name):
+    from compress.cli import main
+    from compress.errors import UserError
+    from compress.targets.tensorrt.build import build_from_kit
+
+    kit = _kit_copy(run, tmp_path)
+    with open(kit / name, "a") as f:
+        f.write(RAN if name.endswith(".py") else "x")
+    trt = FakeTRT()
+    with pytest.raises(UserError, match="does not match the sha256"):
+        build_from_kit(kit, "jetson-orin-nano", trt=trt)
+    assert "built" not in trt.calls and "onnx" not in trt.calls and not (kit / "RAN").exists()
+    assert main(["build", "--target", "jetson-orin-nano", str(kit)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name} does not match the sha256" in err and "Traceback" not in err
+
+
+def test_kit_manifest_fields_are_validated_before_any_command(run, tmp_path, capsys):
+    from compress.cli import main
+
+    kit = _kit_copy(run, tmp_path)
+    man = json.loads((kit / "manifest.json").read_text())
+    bad = [{"input": man["input"] | {"name": "images --plugins=/tmp/evil.so"}}, {"onnx": "../../etc/passwd"},
+           {"builder_flags": ["fp16", "plugins=/tmp/evil.so"]}, {"files": {"model.onnx": man["files"]["model.onnx"]}}]
+    for change in bad:
+        (kit / "manifest.json").write_text(json.dumps(man | change))
+        args = ["build", "--target", "jetson-orin-nano", str(kit)]
+        code = main(args if "files" in change else args + ["--dry-run"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "manifest.json" in err, (change, err)

@@ -47,3 +47,162 @@ def test_every_check_is_bounded_element_wise_and_by_predictions():
     assert v.agreement < 0.75 and not v.passed
     with pytest.raises(Exception, match="finite"):
         verify("a", ref, ref, x, float("inf"), 0.99)
+
+
+def test_report_says_what_each_artifact_was_compared_with(tmp_path):
+    from compress.export.verify import verify
+    from compress.report import write_report
+
+    class GraphRef:  # an ONNX graph run in ONNX Runtime, as OrtRunner describes itself
+        kind, path = "onnxruntime", tmp_path / "model-qdq.onnx"
+
+        def __call__(self, t):
+            return t
+
+    x = torch.randn(4, 10)
+    v_ov = verify("model-qdq.xml", lambda t: t, GraphRef(), x, 1e-3, 0.999, runtime="openvino").to_dict()
+    v_kit = verify("model.onnx", lambda t: t, GraphRef(), x, 1e-3, 0.999).to_dict()
+    v_pt = verify("model.onnx", lambda t: t, lambda t: t, x, 1e-3, 0.999).to_dict()
+    assert v_ov["reference"] == "model-qdq.onnx in ONNX Runtime" and v_ov["reference_runtime"] == "onnxruntime"
+    assert v_pt["reference"] == "the PyTorch model" and v_pt["requested_max_abs"] == 1e-3
+    arts = [{"path": "artifacts/x86/model-qdq.xml", "format": "openvino-ir", "runtime": "openvino",
+             "precision": "w8a8", "verification": v_ov},
+            {"path": "artifacts/orin/model.trt-kit", "format": "tensorrt-kit", "runtime": "tensorrt",
+             "precision": "int8", "verification": v_kit},
+            {"path": "artifacts/model.onnx", "format": "onnx", "runtime": "onnxruntime", "precision": "fp32",
+             "verification": v_pt}]
+    write_report(tmp_path, {"recipe": "r", "model": "m", "passes": [], "artifacts": arts, "evaluation": None})
+    lines = {ln.split("`")[1]: ln for ln in (tmp_path / "report.md").read_text().splitlines() if ln.startswith("- `")}
+    assert "verified in OpenVINO against model-qdq.onnx in ONNX Runtime" in lines["artifacts/x86/model-qdq.xml"]
+    kit = lines["artifacts/orin/model.trt-kit"]
+    assert "in ONNX Runtime against model-qdq.onnx" in kit and "no TensorRT engine was built or run" in kit
+    assert "verified in ONNX Runtime against the PyTorch model" in lines["artifacts/model.onnx"]
+    assert "(limit 0.001)" in lines["artifacts/model.onnx"]
+    assert all("verified against PyTorch" not in ln for ln in lines.values())
+
+
+def _run(tmp_path, history=(), **export):
+    from compress.models import build
+    from compress.pipeline.context import RunContext
+    from compress.pipeline.state import ModelState
+    from compress.recipes.schema import Recipe
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    st = ModelState(build(tiny_config()), "tiny", list(history))
+    return st, RunContext(Recipe(export=export), tmp_path / "run", st, [])
+
+
+def test_an_artifact_that_fails_verification_is_removed_and_unlisted(tmp_path):
+    import json
+
+    from compress.export.exporters import export_all
+
+    st, ctx = _run(tmp_path)
+    export_all(st, ctx, torch.randn(2, 3, 32, 32))  # a verified model.onnx from an earlier export
+    art = ctx.run_dir / "artifacts" / "model.onnx"
+    assert art.is_file()
+    listing = {"artifacts": [{"path": "artifacts/model.onnx", "verification": {"passed": True}}]}
+    (ctx.run_dir / "export.json").write_text(json.dumps(listing))
+    (ctx.run_dir / "manifest.json").write_text(json.dumps(listing | {"files": [{"path": "artifacts/model.onnx"}]}))
+    st2, ctx2 = _run(tmp_path, verify={"max_abs": 1e-30})  # ONNX Runtime's float rounding is past this
+    with pytest.raises(VerificationError):
+        export_all(st2, ctx2, torch.randn(2, 3, 32, 32))
+    assert not art.exists() and not list((ctx.run_dir / "artifacts").iterdir())  # nothing staged left either
+    assert json.loads((ctx.run_dir / "export.json").read_text())["artifacts"] == []
+    man = json.loads((ctx.run_dir / "manifest.json").read_text())
+    assert man["artifacts"] == [] and man["files"] == []
+
+
+def test_temporaries_of_a_killed_export_are_cleaned_up(tmp_path):
+    from compress.export.exporters import export_all
+
+    st, ctx = _run(tmp_path)
+    arts = ctx.run_dir / "artifacts"
+    (arts / "x86" / ".model-fp32.abc").mkdir(parents=True)
+    for leftover in (arts / ".baseline-fp32.onnx.k3j4.onnx", arts / "x86" / ".model-fp32.abc" / "m.bin"):
+        leftover.write_bytes(b"")
+    export_all(st, ctx, torch.randn(2, 3, 32, 32))
+    assert sorted(p.name for p in arts.rglob("*")) == ["model.onnx", "x86"]
+
+
+@pytest.mark.parametrize("name", ["ABS", "../up.onnx", "sub/dir.onnx", "..", ".hidden.onnx", ""])
+def test_onnx_filename_must_be_a_plain_name(tmp_path, name):
+    from compress.errors import UserError
+    from compress.export.exporters import export_all
+
+    name = str(tmp_path / "elsewhere.onnx") if name == "ABS" else name
+    st, ctx = _run(tmp_path, onnx={"filename": name})
+    with pytest.raises(UserError, match="export.onnx.filename"):
+        export_all(st, ctx, torch.randn(2, 3, 32, 32))
+    assert not (tmp_path / "up.onnx").exists() and not list(tmp_path.rglob("*.onnx"))
+
+
+def test_export_verifies_at_the_models_own_input_size(tmp_path):
+    from compress.export.exporters import export_all
+
+    st, ctx = _run(tmp_path)  # a 32-px model, images from a 224-px reference
+    (a,) = export_all(st, ctx, torch.randn(2, 3, 224, 224))
+    assert a.verification["passed"] and a.verification["images"] == 2
+
+
+def _with_foreign_op(src, dest):
+    """``src`` with an op from a domain no runtime here reads, appended at the output (to make a conversion fail)."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(src))
+    out = m.graph.output[0]
+    m.graph.node[-1].output[0] = "pre_" + out.name
+    m.graph.node.append(helper.make_node("FooBar", ["pre_" + out.name], [out.name], domain="com.example"))
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save(m, str(dest))
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_openvino_conversion_failure_fails_the_target_unless_optional(tmp_path, capsys, optional):
+    from compress.errors import UserError
+    from compress.export.artifacts import EXPORTERS, Artifact, ExportRequest, export_float_onnx
+    from compress.targets import load_profile
+
+    st, ctx = _run(tmp_path)
+    req = ExportRequest(st, ctx.run_dir, ctx.recipe, torch.randn(2, 3, 32, 32), [], reference=st)
+    a = export_float_onnx(req, evaluate=False)
+    req.float_onnx = ctx.run_dir / a.path
+    _with_foreign_op(req.float_onnx, ctx.run_dir / "artifacts" / "model-qdq.onnx")
+    req.artifacts = [a, Artifact("quantized-qdq", "artifacts/model-qdq.onnx", "onnx", "onnxruntime", "w8a8 int8-gemm")]
+    req.target = load_profile("x86-avx512") | {"optional": optional}
+    if not optional:
+        with pytest.raises(UserError, match="OpenVINO cannot convert artifacts/model-qdq.onnx"):
+            EXPORTERS["target:openvino"](req)
+        return
+    arts = EXPORTERS["target:openvino"](req)
+    assert [x.precision for x in arts] == ["fp32"] and "(optional target: skipped)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_a_failing_target_fails_the_run_unless_the_recipe_marks_it_optional(tmp_path, monkeypatch, optional):
+    from compress.errors import VerificationError
+    from compress.export import artifacts
+    from compress.export.exporters import export_all
+    from compress.pipeline.context import RunContext
+    from compress.recipes.schema import Recipe
+    from compress.targets import load_profile
+
+    def broken(req):
+        (artifacts.Path(req.artifacts_dir) / req.target["name"]).mkdir(exist_ok=True)
+        (req.artifacts_dir / req.target["name"] / "half.xml").write_text("x")
+        raise VerificationError("verification failed: half.xml")
+
+    monkeypatch.setitem(artifacts.EXPORTERS, "target:openvino", broken)
+    st, _ = _run(tmp_path)
+    r = Recipe(targets=[{"name": "x86-avx512", "exporters": ["openvino"], "optional": optional}])
+    ctx = RunContext(r, tmp_path / "run", st, [load_profile(t) for t in r.targets])
+    if optional:
+        arts = export_all(st, ctx, torch.randn(2, 3, 32, 32))
+        assert [a.name for a in arts] == ["onnx-fp32"]
+    else:
+        with pytest.raises(VerificationError):
+            export_all(st, ctx, torch.randn(2, 3, 32, 32))
+    assert not (ctx.run_dir / "artifacts" / "x86-avx512").exists()

@@ -6,12 +6,18 @@ each returns verified ``Artifact`` records.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .. import ui
+from ..errors import UserError
 from ..runtime import OrtRunner
+from ..utils.io import write_json
 from .onnx_export import export_onnx
 from .verify import check_onnx, verify
 
@@ -70,11 +76,73 @@ def export_float_onnx(req: ExportRequest, filename: str | None = None, evaluate:
     from ..pipeline.float_view import float_view
 
     cfg = req.recipe.export
-    path = req.artifacts_dir / (filename or cfg.onnx.filename)
-    with float_view(req.state.model) as model:
-        export_onnx(model, path, cfg.onnx.opset, cfg.onnx.dynamic_batch)
-        check_onnx(path)
-        v = verify(path, OrtRunner(path), model, req.verify_images, cfg.verify.max_abs, cfg.verify.min_cosine)
+    path = req.artifacts_dir / plain_filename(filename or cfg.onnx.filename)
+    with float_view(req.state.model) as model, staged(req.run_dir, path) as tmp:
+        export_onnx(model, tmp, cfg.onnx.opset, cfg.onnx.dynamic_batch)
+        check_onnx(tmp)
+        v = verify(path, OrtRunner(tmp), model, req.verify_images, cfg.verify.max_abs, cfg.verify.min_cosine)
     ui.info(f"  verified {v.line()}")
     return Artifact("onnx-fp32", str(path.relative_to(req.run_dir)), "onnx", "onnxruntime", "fp32",
                     verification=v.to_dict(), evaluate=evaluate)
+
+
+def plain_filename(name: str) -> str:
+    """``export.onnx.filename``: a plain ``.onnx`` file name inside artifacts/, never a path."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or Path(name).is_absolute()
+            or Path(name).suffix != ".onnx" or name == "baseline-fp32.onnx"):
+        raise UserError(f"export.onnx.filename {name!r} is not a plain .onnx file name",
+                        "give a name like model.onnx (it is written inside the run's artifacts/ folder)")
+    return name
+
+
+@contextlib.contextmanager
+def staged(run_dir: Path, dest: Path):
+    """Yield a hidden path beside ``dest`` to write and verify an artifact at; it becomes ``dest`` only when the
+    block succeeds. On an error the staged file, and any earlier artifact at ``dest``, are removed and ``dest``
+    is taken out of the run's records (``withdraw``): nothing unverified is left or stays listed as verified."""
+    tmp = dest.with_name(f".{dest.name}.staged{dest.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except Exception:
+        withdraw(run_dir, dest)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def withdraw(run_dir: Path, dest: Path) -> None:
+    """Remove ``dest`` and its entries in export.json, report.json and (last) manifest.json."""
+    shutil.rmtree(dest, ignore_errors=True) if dest.is_dir() else dest.unlink(missing_ok=True)
+    rel = str(dest.relative_to(run_dir))
+    for name in ("export.json", "report.json", "manifest.json"):
+        f = run_dir / name
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        changed = False
+        for key in ("artifacts", "files"):
+            items = data.get(key) if isinstance(data, dict) else None
+            if isinstance(items, list):
+                keep = [a for a in items if not (isinstance(a, dict) and _within(str(a.get("path")), rel))]
+                changed |= len(keep) != len(items)
+                data[key] = keep
+        if changed:
+            write_json(f, data)
+
+
+def _within(path: str, rel: str) -> bool:
+    return path == rel or path.startswith(rel + "/")
+
+
+def clean_stale(artifacts: Path) -> None:
+    """Remove what an interrupted (killed) export left behind: hidden temporary files and folders
+    (``atomic_path``/``atomic_dir``/``staged`` name theirs ``.<name>.*``) anywhere under artifacts/."""
+    if not artifacts.is_dir():
+        return
+    for p in sorted(artifacts.rglob(".*"), key=lambda p: len(p.parts)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

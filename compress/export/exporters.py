@@ -1,17 +1,23 @@
 """Which artifacts a run ships: the fp32 baseline, the model itself, and what passes and targets add."""
 from __future__ import annotations
 
+import torch
+
 from .. import ui
+from ..errors import UserError, VerificationError
 from ..pipeline.float_view import float_view
-from .artifacts import EXPORTERS, Artifact, ExportRequest, export_float_onnx
+from .artifacts import EXPORTERS, Artifact, ExportRequest, clean_stale, export_float_onnx, withdraw
 
 
 def export_all(state, ctx, images) -> list[Artifact]:
-    req = ExportRequest(state, ctx.run_dir, ctx.recipe, images, ctx.targets, reference=ctx.reference)
+    clean_stale(ctx.run_dir / "artifacts")  # temporaries a killed export left behind
+    req = ExportRequest(state, ctx.run_dir, ctx.recipe, model_images(images, state.cfg), ctx.targets,
+                        reference=ctx.reference)
     artifacts = []
     changed = bool(state.history)
     if changed:  # the fp32 model, exported the same way, for side-by-side latency
-        base = ExportRequest(ctx.reference, ctx.run_dir, ctx.recipe, images, ctx.targets)
+        base = ExportRequest(ctx.reference, ctx.run_dir, ctx.recipe, model_images(images, ctx.reference.cfg),
+                             ctx.targets)
         a = export_float_onnx(base, "baseline-fp32.onnx", evaluate=False)
         a.name, a.notes = "baseline-fp32", ["the unmodified fp32 model; accuracy = PyTorch reference"]
         artifacts.append(a)
@@ -26,7 +32,10 @@ def export_all(state, ctx, images) -> list[Artifact]:
         artifacts += EXPORTERS[t](req)
     from .. import targets as _  # noqa: F401  registers the target exporters
 
-    for target in ctx.targets:
+    specs = list(getattr(ctx.recipe, "targets", None) or [])
+    for i, target in enumerate(ctx.targets):
+        spec = specs[i] if len(specs) == len(ctx.targets) else None
+        target["optional"] = bool(target.get("optional") or getattr(spec, "optional", False))
         for name in target.get("exporters") or [target.get("exporter", target["name"])]:
             fn = EXPORTERS.get(f"target:{name}")
             if fn is None:
@@ -34,8 +43,26 @@ def export_all(state, ctx, images) -> list[Artifact]:
                 continue
             ui.info(f"export: target {target['name']} ({name})")
             req.artifacts, req.target = list(artifacts), target
-            artifacts += fn(req)
+            try:
+                artifacts += fn(req)
+            except (UserError, VerificationError) as e:
+                withdraw(ctx.run_dir, req.artifacts_dir / target["name"])  # nothing of a failed target is left
+                if not target["optional"]:
+                    raise
+                artifacts = [x for x in artifacts if x.target != target["name"]]
+                ui.info(f"  note: optional target {target['name']} ({name}) skipped, nothing of it shipped: {e}")
     return artifacts
 
 
-__all__ = ["export_all", "float_view"]
+def model_images(images: torch.Tensor, cfg) -> torch.Tensor:
+    """The verification images at ``cfg``'s input size (they may come from a reference of another size)."""
+    if images.shape[1] != cfg.in_chans:
+        raise UserError(f"the verification images have {images.shape[1]} channels, {cfg.name} takes {cfg.in_chans}",
+                        "export a model with the reference's input channels, or pass --reference for it")
+    if images.shape[-2:] != (cfg.img_size, cfg.img_size):
+        images = torch.nn.functional.interpolate(images, size=(cfg.img_size, cfg.img_size), mode="bilinear",
+                                                 align_corners=False, antialias=True)
+    return images
+
+
+__all__ = ["export_all", "float_view", "model_images"]

@@ -16,6 +16,11 @@ FLOOR_FACTOR = 2.0
 # times the recipe's max_abs (a model chaotic enough to need more cannot be told apart from a broken artifact)
 FLOOR_MIN_COSINE = 0.95
 FLOOR_MAX_ABS_FACTOR = 10.0
+# lossy conversions checked against another graph (fp16/bf16 typing, another runtime's INT8 kernels): no element
+# may move by more than this share of the reference's largest |output|, and this share of the images must keep
+# their argmax prediction (``predictions``)
+LOSSY_MAX_REL = {"fp16": 0.05, "bf16": 0.1, "int8": 0.25, "int4": 0.25}
+LOSSY_MIN_AGREEMENT = 0.75
 
 
 @dataclass

@@ -83,6 +83,7 @@ class TargetSpec(Strict):
     precision: str | None = None  # wanted precision; the nearest the device runs is used and said
     exporters: list[str] | None = None  # default: the profile's
     targets_check: TargetCheck | None = None
+    optional: bool = False  # a failure of this target's exporters skips it (with a note) instead of failing the run
 
 
 class Recipe(Strict):

@@ -48,6 +48,28 @@ def _default_section(rec: dict, run_dir: Path) -> str:
     return "\n".join([f"- config: {cfg or '(defaults)'}"] + [f"- {k}: {v}" for k, v in items.items()])
 
 
+def verified(a: dict) -> str:
+    """What the artifact's verification compared, in which runtime, and the bounds it was held to."""
+    v = a.get("verification") or {}
+    if not v:
+        return "not verified"
+    agree = (f", agreement {100 * v['agreement']:.0f}%" + (f" (min {100 * v['min_agreement']:.0f}%)"
+                                                          if v.get("min_agreement") is not None else "")
+             if v.get("agreement") is not None else "")
+    relaxed = (f" (relaxed from {v['requested_max_abs']:g} / {v['requested_min_cosine']:g} by the noise floor)"
+               if v.get("floor_noise") is not None else "")
+    text = (f"verified in {_RUNTIME.get(v['runtime'], v['runtime'])} against "
+            f"{v.get('reference') or 'the PyTorch model'}: max|diff| {v['max_abs']:.3g} (limit "
+            f"{v['max_abs_limit']:.3g}), cosine {v['cosine']:.6f} (min {v['min_cosine']:g}){relaxed}{agree} "
+            f"on {v['images']} images")
+    if a.get("runtime") == "tensorrt":
+        text += "; no TensorRT engine was built or run"
+    return text
+
+
+_RUNTIME = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "executorch": "ExecuTorch", "pytorch": "PyTorch"}
+
+
 def write_report(run_dir: Path, summary: dict) -> None:
     run_dir = Path(run_dir)
     md = [f"# vitforge report: {summary['recipe']}", "", f"Model: `{summary['model']}`", ""]
@@ -80,9 +102,7 @@ def write_report(run_dir: Path, summary: dict) -> None:
         md += ["(none: the model as loaded)", ""]
     md += ["## Artifacts", ""]
     for a in summary["artifacts"]:
-        v = a.get("verification") or {}
-        check = (f"verified against PyTorch: max|diff| {v['max_abs']:.3g}, cosine {v['cosine']:.6f}" if v else "")
-        md.append(f"- `{a['path']}` ({a['format']}, {a['runtime']}, computes {a['precision']}) {check}"
+        md.append(f"- `{a['path']}` ({a['format']}, {a['runtime']}, computes {a['precision']}) {verified(a)}"
                   + "".join(f"\n  - {n}" for n in a.get("notes", [])))
     write_text(run_dir / "report.md", "\n".join(md) + "\n")
     write_json(run_dir / "report.json", summary)

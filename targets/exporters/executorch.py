@@ -17,7 +17,7 @@ from torch import nn
 
 from ... import ui
 from ...export.artifacts import Artifact, ExportRequest, register_exporter
-from ...export.verify import compare, verify
+from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, compare, verify
 from ...models.vit import MatMul
 from ...pipeline.float_view import float_view
 from ...runtime import TorchRunner
@@ -144,7 +144,8 @@ def export_executorch(req: ExportRequest) -> list[Artifact]:
                 extra = []
             else:  # against the PT2E graph it was lowered from; the drift from fp32 is recorded
                 v = verify(dest, runner, per_image(ref_module), req.verify_images, float("inf"), INT8_MIN_COSINE,
-                           runtime="executorch")
+                           runtime="executorch", max_rel=LOSSY_MAX_REL["int8"], min_agreement=LOSSY_MIN_AGREEMENT,
+                           against="the PT2E INT8 PyTorch graph it was lowered from")
                 mab, cos = compare(runner(req.verify_images), fp32_ref(req.verify_images))
                 extra = [f"vs the fp32 PyTorch model: cosine {cos:.5f}, max|diff| {mab:.3g} (PT2E static INT8, "
                          f"{sum(len(x) for x in calib)} calibration images)"]

@@ -15,7 +15,7 @@ import onnx
 from ... import ui
 from ...errors import VerificationError
 from ...export.artifacts import Artifact, ExportRequest, register_exporter
-from ...export.verify import verify
+from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, verify
 from ...pipeline.float_view import float_view
 from ...runtime import OrtRunner, TorchRunner
 from ...utils.io import atomic_dir, sha256_file, write_json
@@ -27,6 +27,8 @@ from .rules import check_qdq, summary
 RUNS = ["fp32", "fp16", "int8", "int4"]
 MIN_COSINE = {"fp32": None, "fp16": 0.999, "int8": 0.999, "int4": 0.999}  # vs the graph it was typed from
 MAX_BATCH = 8
+NO_ENGINE = ("no TensorRT engine was built or run here: the kit's ONNX graph was verified in ONNX Runtime; "
+             "the engine's own numbers are unverified until it is built and checked on the device")
 
 
 def trt_graph(src: Path, precision: str, profile: dict) -> onnx.ModelProto:
@@ -95,15 +97,18 @@ def make_kit(req: ExportRequest, name: str, src: Path, precision: str, reference
     lim = MIN_COSINE[precision]
     try:
         v = verify(onnx_path, OrtRunner(onnx_path), reference, req.verify_images,
-                   max_abs if lim is None else float("inf"), min_cos if lim is None else lim)
+                   max_abs if lim is None else float("inf"), min_cos if lim is None else lim,
+                   max_rel=None if lim is None else LOSSY_MAX_REL[precision],
+                   min_agreement=None if lim is None else LOSSY_MIN_AGREEMENT)
     except VerificationError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     ui.info(f"  verified {v.line()} (TensorRT-ready graph in ONNX Runtime)")
-    write_json(dest / "manifest.json", man | {"verification": v.to_dict()})
+    write_json(dest / "manifest.json", man | {"verification": v.to_dict(), "engine_verified": False,
+                                              "note": NO_ENGINE})
     return Artifact(f"{prof['name']}:{name}", rel(req, dest), "tensorrt-kit", "tensorrt", precision,
                     target=prof["name"], verification=v.to_dict(), evaluate=False,
-                    notes=[f"build on the device: compress build --target {prof['name']} {rel(req, dest)}",
+                    notes=[NO_ENGINE, f"build on the device: compress build --target {prof['name']} {rel(req, dest)}",
                            f"trtexec: {man['trtexec']}",
                            f"Q/DQ rules: {rules['errors']} errors, {rules['warnings']} warnings"] + notes)
 

@@ -10,10 +10,9 @@ import onnx
 import torch
 
 from ... import ui
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest, register_exporter, staged
 from ...export.verify import check_onnx, verify
 from ...runtime import OrtRunner, TorchRunner
-from ...utils.io import atomic_path
 from .config import QuantizeConfig
 from .export_nbits import build_nbits
 from .export_qdq import build_qdq
@@ -87,13 +86,13 @@ def export_one(req: ExportRequest, fmt: str, cfg: QuantizeConfig) -> Artifact:
         proto, more = build_qdq(req.float_onnx, model, "onnxruntime")
     notes += more
     path = req.artifacts_dir / FILES[fmt]
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
-    check_onnx(path)
     max_abs, min_cos, floor = _limits(req)
     if fmt == "matmulnbits" and cfg.nbits_accuracy_level:
         min_cos = min(min_cos, 0.99)  # int8 re-quantization inside the kernel: close, not exact
-    v = verify(path, OrtRunner(path), TorchRunner(ref), req.verify_images, max_abs, min_cos, floor_noise=floor)
+    with staged(req.run_dir, path) as tmp:  # written beside, verified, then moved onto ``path``
+        onnx.save(proto, str(tmp))
+        check_onnx(tmp)
+        v = verify(path, OrtRunner(tmp), TorchRunner(ref), req.verify_images, max_abs, min_cos, floor_noise=floor)
     ui.info(f"  verified {v.line()}")
     label = precision_summary(ref)["label"]
     runtime = "tensorrt" if fmt == "tensorrt" else "onnxruntime"

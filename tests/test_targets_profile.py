@@ -278,3 +278,146 @@ def test_ort_profile_parser_on_a_real_trace(tiny_onnx):
     p = parse_ort_profile(events, 3)
     mm = next(r for r in p["by_op"] if r["op"] == "MatMul")
     assert mm["ms"] > 0 and any(r["name"].startswith("/blocks.0/attn") for r in p["by_layer"])
+
+
+# -- hostile inputs to the SSH path and the device runner ------------------------------------------
+def test_host_that_is_an_ssh_option_is_refused_before_anything_runs(tiny_onnx, tmp_path, capsys):
+    from compress.cli import main
+
+    marker = tmp_path / "ran"
+    for host in (f"-oProxyCommand=touch {marker}", "-F/dev/null", "user@host;touch x", ""):
+        assert main(["profile", str(tiny_onnx), f"--host={host}", "--runs", "1"]) == 2, host
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--host" in err and "Traceback" not in err
+    assert not marker.exists()
+    assert main(["profile", str(tiny_onnx), "--host", "me@127.0.0.1", "--port", str(_free_port()),
+                 "--remote-dir", f"x;touch {marker}", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--remote-dir" in err and "remote shell would interpret" in err and not marker.exists()
+
+
+def test_ssh_commands_end_options_before_the_host():
+    from compress.targets.profiler.remote import _base
+
+    for scp in (False, True):
+        cmd = _base({"options": ["StrictHostKeyChecking=yes"], "port": 22}, scp=scp)
+        assert cmd[-1] == "--"  # whatever follows is a host or a path, never an option
+        opts = [cmd[i + 1] for i, x in enumerate(cmd) if x == "-o"]
+        assert opts.index("StrictHostKeyChecking=yes") < opts.index("StrictHostKeyChecking=accept-new")
+
+
+def test_users_strict_host_key_checking_wins_and_a_changed_key_is_named(sshd, tiny_onnx, tmp_path, capsys):
+    """ssh keeps an option's first value: the user's StrictHostKeyChecking=yes must beat the default
+    accept-new (an unknown host is then refused), and a changed host key gets a hint about the key."""
+    from compress.cli import main
+
+    base = ["profile", str(tiny_onnx), "--host", sshd["host"], "--port", str(sshd["port"]),
+            "--identity", sshd["identity"], "--remote-python", sys.executable, "--runs", "2", "--no-ops", "--quiet"]
+    known = tmp_path / "known_hosts"
+    assert main(base + ["--ssh-option", f"UserKnownHostsFile={known}", "--ssh-option", "StrictHostKeyChecking=yes"]) == 2
+    err = capsys.readouterr().err
+    assert "Host key verification failed" in err and "ssh-copy-id" not in err and not known.exists()
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known.write_text(f"[127.0.0.1]:{sshd['port']} {(tmp_path / 'other_host_key.pub').read_text()}")
+    assert main(base + ["--ssh-option", f"UserKnownHostsFile={known}"]) == 2
+    err = capsys.readouterr().err
+    assert "host key is not the one in known_hosts" in err and "ssh-copy-id" not in err
+
+
+def test_artifact_named_like_an_option_profiles_here_and_over_ssh(sshd, tiny_onnx, tmp_path, monkeypatch):
+    from compress.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_onnx, tmp_path / "-tiny.onnx")
+    assert main(["profile", "./-tiny.onnx", "--runs", "2", "--no-ops", "--out", "here.json", "--quiet"]) == 0
+    args = ["profile", "./-tiny.onnx", "--host", sshd["host"], "--port", str(sshd["port"]), "--identity",
+            sshd["identity"], "--remote-python", sys.executable, "--runs", "2", "--no-ops", "--out", "there.json",
+            "--quiet"] + [x for o in sshd["options"] for x in ("--ssh-option", o)]
+    assert main(args) == 0
+    for f in ("here.json", "there.json"):
+        r = json.loads((tmp_path / f).read_text())
+        assert r["artifact"] == "-tiny.onnx" and r["latency"]["p50_ms"] > 0
+
+
+def test_runner_output_without_json_is_a_user_error():
+    from compress.errors import UserError
+    from compress.targets.profiler import last_json
+
+    for text in ("", "Segmentation fault\n", "{not json\n"):
+        with pytest.raises(UserError, match="no JSON report"):
+            last_json(text)
+
+
+FAKE_TRTEXEC = """#!{py}
+import json, os, sys
+from pathlib import Path
+with open(os.environ["TRTEXEC_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+if "saveEngine" in args:
+    Path(args["saveEngine"]).write_bytes(b"engine")
+if os.environ.get("TRTEXEC_FAIL") and "loadEngine" in args:
+    sys.exit(1)
+print("[I] Latency: min = 1 ms, max = 2 ms, mean = 1.5 ms, median = 1.5 ms, percentile(90%) = 2 ms")
+"""
+
+
+@pytest.fixture
+def fake_device(tmp_path, monkeypatch):
+    """A TensorRT kit and a trtexec that logs its arguments, as on a Jetson (no TensorRT here)."""
+    import hashlib
+    import tempfile
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trtexec").write_text(FAKE_TRTEXEC.format(py=sys.executable))
+    os.chmod(bin_dir / "trtexec", 0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TRTEXEC_LOG", str(tmp_path / "trtexec.log"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    kit = tmp_path / "model-int8.trt-kit"
+    kit.mkdir()
+    (kit / "model.onnx").write_bytes(b"onnx graph")
+    man = {"kind": "tensorrt-build-kit", "precision": "int8", "onnx": "model.onnx", "strongly_typed": True,
+           "builder_flags": [], "input": {"name": "images", "shape": [1, 3, 32, 32], "dynamic": True, "min_batch": 1,
+                                          "opt_batch": 1, "max_batch": 8},
+           "trtexec": "trtexec --onnx=model.onnx --plugins=/tmp/evil.so --saveEngine=model.engine",
+           "files": {"model.onnx": hashlib.sha256(b"onnx graph").hexdigest()}}
+    (kit / "manifest.json").write_text(json.dumps(man))
+    return {"kit": kit, "man": man, "log": tmp_path / "trtexec.log", "tmp": tmp_path / "tmp"}
+
+
+def test_device_runner_builds_from_checked_manifest_fields_only(fake_device):
+    from compress.targets.profiler.device_runner import profile_tensorrt
+    from compress.targets.tensorrt.build_engine import trtexec_command
+
+    res = profile_tensorrt(fake_device["kit"], [1], 3, 1, False, False)
+    assert res["latency"]["p50_ms"] == 1.5
+    build = json.loads(fake_device["log"].read_text().splitlines()[0])
+    assert build == trtexec_command(fake_device["man"])[1:]  # the kit's own build line, from its fields
+    assert not any("plugins" in a for a in build)
+    assert not list(fake_device["tmp"].iterdir())  # the work folder is gone
+
+
+@pytest.mark.parametrize("change", [{"input": {"name": "images --plugins=/tmp/evil.so"}}, {"builder_flags": ["plugins"]},
+                                    {"onnx": "/etc/passwd"}, {"files": {"model.onnx": "0" * 64}}])
+def test_device_runner_refuses_a_hostile_or_changed_kit(fake_device, change):
+    from compress.targets.profiler.device_runner import profile_tensorrt
+
+    man = fake_device["man"]
+    man = man | {k: (man[k] | v if isinstance(v, dict) and k == "input" else v) for k, v in change.items()}
+    (fake_device["kit"] / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(SystemExit, match="manifest|sha256"):
+        profile_tensorrt(fake_device["kit"], [1], 3, 1, False, False)
+    assert not fake_device["log"].exists()  # trtexec never ran
+
+
+def test_device_runner_removes_its_work_folder_when_trtexec_fails(fake_device, monkeypatch):
+    from compress.targets.profiler.device_runner import profile_tensorrt
+
+    monkeypatch.setenv("TRTEXEC_FAIL", "1")
+    with pytest.raises(subprocess.CalledProcessError):
+        profile_tensorrt(fake_device["kit"], [1], 3, 1, False, False)
+    assert not list(fake_device["tmp"].iterdir())

@@ -39,17 +39,22 @@ def artifact_files(path: Path) -> list[Path]:
 
 
 def runner_args(name: str, batches: list[int], runs: int, warmup: int, threads: int, ops: bool) -> list[str]:
-    args = [name, "--batch", ",".join(map(str, batches)), "--runs", str(runs), "--warmup", str(warmup),
+    """The runner's arguments, the artifact last after ``--`` (a name may start with '-')."""
+    args = ["--batch", ",".join(map(str, batches)), "--runs", str(runs), "--warmup", str(warmup),
             "--threads", str(threads)]
-    return args + (["--ops"] if ops else [])
+    return args + (["--ops"] if ops else []) + ["--", name]
 
 
 def last_json(text: str) -> dict:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):
-            return json.loads(line)
-    raise ValueError("no JSON report in the runner's output")
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise UserError(f"the profile runner printed no JSON report (last output: {_tail(text)!r})",
+                    "run device_runner.py by hand on the device to see its output")
 
 
 def profile_artifact(artifact: str | Path, host: str | None = None, batches: list[int] = (1,), runs: int = 30,
@@ -63,14 +68,14 @@ def profile_artifact(artifact: str | Path, host: str | None = None, batches: lis
     if path.suffix == ".engine" or path.is_dir():
         if host is None:
             raise UserError(f"{path.name} is for TensorRT, which runs on the device", "add --host user@device")
-    args = runner_args(path.name, list(batches), runs, warmup, threads, ops)
-    if host:
+    if host is not None:
         from .remote import run_remote
 
-        res = run_remote(host, files, args, ssh or {})
+        res = run_remote(host, files, runner_args(path.name, list(batches), runs, warmup, threads, ops), ssh or {})
         res["host"] = host
     else:
-        proc = subprocess.run([sys.executable, str(RUNNER), str(path), *args[1:]], capture_output=True, text=True)
+        args = runner_args(str(path), list(batches), runs, warmup, threads, ops)
+        proc = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"profiling {path.name} failed: {_tail(proc.stderr)}", "run the artifact with compress eval")
         res = last_json(proc.stdout)

@@ -341,26 +341,63 @@ def find_trtexec() -> str | None:
     return shutil.which("trtexec") or next((p for p in ("/usr/src/tensorrt/bin/trtexec",) if os.path.isfile(p)), None)
 
 
+_TENSOR = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+
+
+def _kit_fields_ok(man) -> bool:
+    inp = man.get("input") if isinstance(man, dict) else None
+    if not isinstance(inp, dict) or man.get("onnx") != "model.onnx" or not isinstance(man.get("strongly_typed"), bool):
+        return False
+    ints = [inp.get(k) for k in ("min_batch", "opt_batch", "max_batch")] + list(inp.get("shape") or [None])
+    flags = man.get("builder_flags", [])
+    return (isinstance(inp.get("name"), str) and bool(_TENSOR.fullmatch(inp["name"]))
+            and isinstance(inp.get("dynamic"), bool) and all(type(v) is int and 0 < v < 1 << 20 for v in ints)
+            and isinstance(flags, list) and all(f in ("fp16", "int8") for f in flags))
+
+
+def kit_manifest(kit: Path) -> dict:
+    """A build kit's manifest with the fields a trtexec command is made from checked, and the model's sha256."""
+    import hashlib
+
+    man = json.loads((kit / "manifest.json").read_text())
+    if not _kit_fields_ok(man):
+        raise SystemExit(f"error: {kit}/manifest.json is not a valid vitforge TensorRT kit manifest")
+    want = (man.get("files") or {}).get("model.onnx")
+    if want != hashlib.sha256((kit / "model.onnx").read_bytes()).hexdigest():
+        raise SystemExit(f"error: {kit}/model.onnx does not match the sha256 in its manifest")
+    return man
+
+
+def kit_build_command(exe: str, man: dict) -> list[str]:
+    """trtexec's engine build from the manifest's checked fields (never its free-text ``trtexec`` line)."""
+    inp = man["input"]
+    cmd = [exe, "--onnx=model.onnx", "--saveEngine=model.engine", "--timingCacheFile=timing.cache"]
+    cmd += ["--stronglyTyped"] if man["strongly_typed"] else [f"--{f}" for f in man.get("builder_flags", [])]
+    if inp["dynamic"]:
+        dims = "x".join(str(d) for d in inp["shape"][1:])
+        cmd += [f"--{k}Shapes={inp['name']}:{inp[f'{k}_batch']}x{dims}" for k in ("min", "opt", "max")]
+    return cmd + ["--profilingVerbosity=detailed", "--exportLayerInfo=layers.json"]
+
+
 def profile_tensorrt(path: Path, batches, runs, warmup, ops: bool, tegrastats: bool) -> dict:
     exe = find_trtexec()
     if exe is None:
         raise SystemExit("error: trtexec not found (JetPack installs it in /usr/src/tensorrt/bin)")
     man = {}
     if path.is_dir():  # a build kit: build the engine first (timing cache kept in the kit)
-        man = json.loads((path / "manifest.json").read_text())
+        man = kit_manifest(path)
         engine = path / "model.engine"
         if not engine.is_file():
-            cmd = [exe] + man["trtexec"].split()[1:]
-            subprocess.run(cmd, cwd=path, check=True, capture_output=True, text=True)
+            subprocess.run(kit_build_command(exe, man), cwd=path, check=True, capture_output=True, text=True)
         path = engine
     res = {"artifact": path.name, "runtime": "tensorrt", "threads": 1, "batches": []}
     work = Path(tempfile.mkdtemp(prefix="vitforge-trt-"))
     ts_log = work / "tegrastats.log"
     ts = None
-    if tegrastats and shutil.which("tegrastats"):
-        ts = subprocess.Popen(["tegrastats", "--interval", "100", "--logfile", str(ts_log)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        if tegrastats and shutil.which("tegrastats"):
+            ts = subprocess.Popen(["tegrastats", "--interval", "100", "--logfile", str(ts_log)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for b in batches:
             cmd = [exe, f"--loadEngine={path}", f"--warmUp={max(warmup, 1) * 10}", f"--iterations={runs}",
                    "--duration=0", "--avgRuns=1", "--percentile=50,90,99"]
@@ -382,15 +419,19 @@ def profile_tensorrt(path: Path, batches, runs, warmup, ops: bool, tegrastats: b
                             "--dumpProfile", f"--exportProfile={prof}"], capture_output=True, text=True, check=True)
             res["ops"] = parse_trtexec_profile(json.loads(prof.read_text()))
             res["ops"]["profiler"] = "trtexec --exportProfile"
+        if ts is not None:
+            ts.terminate()
+            ts.wait()
+            ts = None
+        if ts_log.is_file():
+            res["power"] = parse_tegrastats(ts_log.read_text())
+            if res["power"].get("ram_peak_mb"):
+                res["peak_memory_mb"] = res["power"]["ram_peak_mb"]
     finally:
         if ts is not None:
             ts.terminate()
             ts.wait()
-    if ts_log.is_file():
-        res["power"] = parse_tegrastats(ts_log.read_text())
-        if res["power"].get("ram_peak_mb"):
-            res["peak_memory_mb"] = res["power"]["ram_peak_mb"]
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return res
 
 

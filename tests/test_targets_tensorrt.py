@@ -205,6 +205,23 @@ def test_opset_cap_only_where_the_graph_allows_it():
     assert errors(m) == ["opset"]  # and the rule says why no kit
 
 
+def test_opset_is_converted_or_the_kit_fails_never_just_renumbered():
+    from compress.errors import UserError
+    from compress.targets.tensorrt.graph import opset, set_opset
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 1])
+    g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=1)], "g", [x], [y])
+    m = set_opset(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), 19)
+    assert opset(m) == 19 and list(m.graph.node[-1].input)[1:]  # axes moved to an input, as opset 18 wants
+    onnx.checker.check_model(m, full_check=True)
+    g = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g", [x], [y])  # no adapter for it
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UserError, match="cannot be converted from opset 17 to 19"):
+        set_opset(m, 19)
+    assert opset(m) == 17
+
+
 def test_kit_with_broken_rules_is_not_shipped(run):
     from compress.export.artifacts import Artifact, EXPORTERS
     from compress.targets import load_profile

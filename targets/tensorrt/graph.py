@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ...errors import UserError
+
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 KEEP_FP32 = ("LayerNormalization", "Softmax")
 
@@ -21,20 +23,19 @@ def opset(model: onnx.ModelProto) -> int:
 
 
 def set_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
-    """Raise the default-domain opset. The ops a ViT export uses keep their semantics from 17 to 21
-    (the changes are new types: fp8/int4, fp16 Q/DQ scales, blocked Q/DQ), so the import is bumped
-    when the version converter has no adapter."""
+    """Raise the default-domain opset with ONNX's version converter. Where it has no adapter for an op the
+    graph uses, this fails: ops do change between opsets (``Reduce*`` take ``axes`` as an input from 18), so
+    the number alone is never bumped."""
     if opset(model) >= version:
         return model
-    try:
-        from onnx import version_converter
+    from onnx import version_converter
 
+    try:
         return version_converter.convert_version(model, version)
-    except Exception:  # no adapter for some op: bump the import
-        for o in model.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                o.version = version
-        return model
+    except Exception as e:  # the converter raises several types (RuntimeError, ConvertError, ...)
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"the ONNX graph cannot be converted from opset {opset(model)} to {version} ({why})",
+                        f"export it at opset {version} directly: set export.onnx.opset: {version}") from None
 
 
 def needed_opset(model: onnx.ModelProto) -> int:

@@ -206,3 +206,28 @@ def test_a_failing_target_fails_the_run_unless_the_recipe_marks_it_optional(tmp_
         with pytest.raises(VerificationError):
             export_all(st, ctx, torch.randn(2, 3, 32, 32))
     assert not (ctx.run_dir / "artifacts" / "x86-avx512").exists()
+
+
+def test_fp32_onnx_row_is_measured_in_onnx_runtime(tmp_path, image_folder):
+    from compress.evaluation.report_eval import evaluate_run
+    from compress.export.onnx_export import export_onnx
+    from compress.models import build
+    from compress.pipeline.context import RunContext
+    from compress.pipeline.state import ModelState
+    from compress.recipes.schema import Recipe
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    ref = ModelState(build(tiny_config()), "tiny")
+    torch.manual_seed(1)
+    other = build(tiny_config()).eval()  # what the baseline file really holds: other weights
+    r = Recipe(data={"path": str(image_folder), "batch_size": 4},
+               evaluation={"probe_train": 12, "test": 12, "latency": {"enabled": False}})
+    ctx = RunContext(r, tmp_path / "run", ref, [])
+    export_onnx(other, ctx.run_dir / "artifacts" / "baseline-fp32.onnx")
+    arts = [{"name": "baseline-fp32", "path": "artifacts/baseline-fp32.onnx", "format": "onnx",
+             "runtime": "onnxruntime", "precision": "fp32", "evaluate": False}]
+    ev = evaluate_run(ref, ref, ctx, arts)
+    row = next(x for x in ev["rows"] if x["name"] == "baseline-fp32")
+    assert row["images"] == 12 and row["feature_cosine"] < 0.99  # measured, not copied from the PyTorch row

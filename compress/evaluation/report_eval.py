@@ -39,16 +39,14 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
         elif path.exists():
             row["size_mb"] = size_mb(path)
         factory = RUNNERS.get(a["runtime"])
-        if factory is None or not a.get("evaluate", True):
-            if factory is not None and a["name"] == "baseline-fp32" and ecfg.latency.enabled:
-                row |= ref_scores | {"latency": latency_of(factory(path, ecfg.latency.threads), reference.cfg,
-                                                           ecfg.latency)}
+        baseline = a["name"] == "baseline-fp32"  # the fp32 model's own graph: scored in its runtime too
+        if factory is None or not (a.get("evaluate", True) or baseline):
             rows.append(row)
             continue
         runner = factory(path, ecfg.latency.threads)
         row |= ev.score(runner, a["name"])
         if ecfg.latency.enabled:
-            row["latency"] = latency_of(runner, state.cfg, ecfg.latency)
+            row["latency"] = latency_of(runner, reference.cfg if baseline else state.cfg, ecfg.latency)
         own = (f", own-probe top-1 {row['top1_refit']:.2f} ({row['delta_top1_refit']:+.2f})"
                if "top1_refit" in row else "")
         ui.info(f"  {a['name']}: top-1 {row['top1']:.2f} ({row['delta_top1']:+.2f}), agreement {row['agreement']:.1f}%"

@@ -19,7 +19,7 @@ def export_all(state, ctx, images) -> list[Artifact]:
         base = ExportRequest(ctx.reference, ctx.run_dir, ctx.recipe, model_images(images, ctx.reference.cfg),
                              ctx.targets)
         a = export_float_onnx(base, "baseline-fp32.onnx", evaluate=False)
-        a.name, a.notes = "baseline-fp32", ["the unmodified fp32 model; accuracy = PyTorch reference"]
+        a.name, a.notes = "baseline-fp32", ["the unmodified fp32 model, scored in ONNX Runtime like the others"]
         artifacts.append(a)
     graph_exporters = [t for t in dict.fromkeys(r["type"] for r in state.history) if t in EXPORTERS]
     a = export_float_onnx(req, evaluate=not graph_exporters)

@@ -68,11 +68,19 @@ class MixedConfig(Strict):
 
 class ReconstructionConfig(Strict):
     enabled: bool = False
-    iters: int = Field(200, ge=1, le=100_000, description="optimizer steps per block")
-    time_budget_s: float = Field(600, gt=0, description="wall-clock cap for all blocks together")
+    # the budget is counted in steps, never in time: an artifact must not depend on how loaded the machine is
+    iters: int = Field(200, ge=1, le=100_000, description="optimizer steps per block (every block gets all)")
     lr: float = Field(2e-5, gt=0)
     batch: int = Field(4, ge=1, le=256)
     scales: bool = True  # also learn activation scales (LSQ-style), not only weights and biases
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_time_budget(cls, v):
+        if isinstance(v, dict) and "time_budget_s" in v:
+            raise ValueError("time_budget_s was removed: a wall-clock budget made the result depend on the "
+                             "machine's load; the budget is iters (steps per block), delete time_budget_s")
+        return v
 
 
 class QuantizeConfig(PassConfig):

@@ -1,10 +1,12 @@
-"""Block-wise reconstruction (BRECQ / I&S-ViT style), under a wall-clock budget.
+"""Block-wise reconstruction (BRECQ / I&S-ViT style), a fixed number of steps per block.
 
 After a block is calibrated, its weights and biases (and, optionally, its per-tensor activation scales,
 LSQ-style in log space) are tuned with Adam so that the quantized block, fed the quantized model's
 activations, reproduces the float block's output on the float model's activations (MSE). Rounding is
 straight-through, so the weights move across grid points; at the end they are put back on the grid.
 The block is kept only if the reconstruction error over all calibration images went down.
+Every block gets ``iters`` steps whatever the machine's load, so a recipe's artifact is reproducible;
+each block's steps (and, for information only, its seconds) are recorded.
 """
 from __future__ import annotations
 
@@ -40,19 +42,13 @@ def block_error(blk, x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> float:
 
 class BlockReconstructor:
     def __init__(self, cfg: ReconstructionConfig, blocks: int):
-        self.cfg, self.blocks_left = cfg, blocks
-        self.deadline = time.time() + cfg.time_budget_s
+        self.cfg, self.blocks = cfg, blocks
         self.log: list[dict] = []
 
     def __call__(self, i: int, blk, x: torch.Tensor, y: torch.Tensor) -> None:
-        budget = max(0.0, (self.deadline - time.time()) / max(1, self.blocks_left))
-        self.blocks_left -= 1
-        if budget < 1.0:
-            self.log.append({"block": i, "skipped": "time budget spent"})
-            return
-        self.log.append(self.reconstruct(i, blk, x, y, budget))
+        self.log.append(self.reconstruct(i, blk, x, y))
 
-    def reconstruct(self, i: int, blk, x: torch.Tensor, y: torch.Tensor, budget: float) -> dict:
+    def reconstruct(self, i: int, blk, x: torch.Tensor, y: torch.Tensor) -> dict:
         cfg = self.cfg
         lins = [m for m in blk.modules() if isinstance(m, QuantLinear) and m.weight_quant is not None]
         saved = {k: v.clone() for k, v in blk.state_dict().items()}
@@ -73,7 +69,7 @@ class BlockReconstructor:
         g = torch.Generator().manual_seed(i)
         t0, steps, planned = time.time(), 0, cfg.iters
         try:
-            while steps < planned:
+            while steps < planned:  # never cut short by the clock: the step count alone decides the result
                 idx = torch.randint(0, len(x), (cfg.batch,), generator=g)
                 for q in acts:
                     q.scale_override = q.learned.exp()
@@ -85,8 +81,6 @@ class BlockReconstructor:
                     grp["lr"] = base * lr_scale
                 opt.step()
                 steps += 1
-                if steps == 3:  # now the step time is known: fit the plan into the budget
-                    planned = max(steps, min(cfg.iters, int(budget / ((time.time() - t0) / steps))))
         finally:
             for p, f in flags:
                 p.requires_grad_(f)

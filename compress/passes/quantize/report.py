@@ -53,7 +53,8 @@ def quantize_section(rec: dict, run_dir: Path) -> str:
         done = [r for r in recon if "steps" in r]
         kept = sum(r["kept"] for r in done)
         md.append(f"- block reconstruction: {len(done)} blocks tuned ({kept} kept), "
-                  f"{sum(r['steps'] for r in done)} steps, {sum(r['seconds'] for r in done):.0f}s")
+                  f"{sum(r['steps'] for r in done)} steps, {sum(r['seconds'] for r in done):.0f}s; steps per block: "
+                  + ", ".join(f"{r['block']}: {r['steps'] if 'steps' in r else 'skipped'}" for r in recon))
     bits = rec.get("bits") or {}
     if bits:
         path = bits_plot(run_dir, bits, rel)

@@ -231,3 +231,82 @@ def test_fp32_onnx_row_is_measured_in_onnx_runtime(tmp_path, image_folder):
     ev = evaluate_run(ref, ref, ctx, arts)
     row = next(x for x in ev["rows"] if x["name"] == "baseline-fp32")
     assert row["images"] == 12 and row["feature_cosine"] < 0.99  # measured, not copied from the PyTorch row
+
+
+def _checkpoint(tmp_path, edit=None, history=()):
+    import json
+
+    from compress.models import build
+    from compress.pipeline.state import ModelState
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    st = ModelState(build(tiny_config()), "tiny", list(history))
+    st.save(tmp_path / "ckpt")
+    if edit:
+        meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+        edit(meta)
+        (tmp_path / "ckpt" / "config.json").write_text(json.dumps(meta))
+    return tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize("edit,what", [
+    (lambda m: m["vit"].update(patch_size=0), "impossible model config"),
+    (lambda m: m.update(history=[{"name": "q"}]), "needs a 'type'"),
+    (lambda m: m.update(history=[{"name": "q", "type": "quantize", "config": {}}]), "history entry 0 \\(quantize\\)"),
+    (lambda m: m["vit"].update(embed_dim=8192, blocks=50 * [{"num_heads": 64, "qk_dim": 8192, "v_dim": 8192,
+                                                             "mlp_dim": 32768}]), "does not match its own config"),
+])
+def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
+    from compress.errors import UserError
+    from compress.pipeline.state import ModelState
+
+    ckpt = _checkpoint(tmp_path, edit)
+    with pytest.raises(UserError, match=what):  # the 50 x 8192-wide config (40G params, 160 GB) is refused unallocated
+        ModelState.load(ckpt)
+
+
+def test_checkpoint_loads_after_the_header_check(tmp_path):
+    from compress.pipeline.state import ModelState
+
+    st, _ = ModelState.load(_checkpoint(tmp_path))
+    assert st.cfg.patch_size == 8 and next(st.model.parameters()).device.type == "cpu"
+
+
+def test_unreadable_onnx_given_to_a_runner_is_a_user_error(tmp_path):
+    from compress.errors import UserError
+    from compress.export.onnx_export import export_onnx
+    from compress.models import build
+    from compress.runtime import OrtRunner
+
+    from conftest import tiny_config
+
+    good = tmp_path / "m.onnx"
+    export_onnx(build(tiny_config()), good)
+    (tmp_path / "trunc.onnx").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    for bad in ("trunc.onnx", "text.onnx", "missing.onnx"):
+        with pytest.raises(UserError, match="cannot be loaded by ONNX Runtime"):
+            OrtRunner(tmp_path / bad)
+    with pytest.raises(UserError, match="not images of shape \\[2, 3, 224, 224\\]"):
+        OrtRunner(good)(torch.randn(2, 3, 224, 224))
+
+
+@pytest.mark.parametrize("drop,what", [("num_attention_heads", "config.json lacks num_attention_heads"),
+                                       (None, "lacks tensor 'embeddings.cls_token'")])
+def test_hf_folder_missing_config_keys_or_tensors_is_a_user_error(tmp_path, drop, what):
+    import json
+
+    from safetensors.torch import save_file
+
+    from compress.errors import UserError
+    from compress.models import load_model
+
+    cfg = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "patch_size": 8, "image_size": 32, "intermediate_size": 64}
+    cfg.pop(drop, None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file({"embeddings.position_embeddings": torch.zeros(1, 17, 32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match=what):
+        load_model(str(tmp_path))

@@ -76,7 +76,7 @@ def export_float_onnx(req: ExportRequest, filename: str | None = None, evaluate:
     from ..pipeline.float_view import float_view
 
     cfg = req.recipe.export
-    path = req.artifacts_dir / plain_filename(filename or cfg.onnx.filename)
+    path = req.artifacts_dir / (filename or plain_filename(cfg.onnx.filename))
     with float_view(req.state.model) as model, staged(req.run_dir, path) as tmp:
         export_onnx(model, tmp, cfg.onnx.opset, cfg.onnx.dynamic_batch)
         check_onnx(tmp)

@@ -15,6 +15,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a weights file; a corrupt or unsafe file is a one-line UserError."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"weights {path} is a directory, not a weights file",
+                        f"name the weights file inside it ({', '.join(WEIGHT_SUFFIXES)})")
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist", "check the path")
     if path.suffix == ".safetensors":
@@ -36,6 +39,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {path} holds no tensor state dict", "save model.state_dict()")
     return obj
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Each tensor's shape from a safetensors header, without reading the tensors (None for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types on bad headers
+        raise UserError(f"checkpoint {path} is corrupt or not a safetensors file ({_short(e)})",
+                        "re-download or re-export it") from None
 
 
 def _short(e: Exception) -> str:

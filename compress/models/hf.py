@@ -13,13 +13,36 @@ from .vit import ViTConfig, resample_pos_embed
 SUPPORTED = ("vit", "dinov2", "clip_vision_model", "clip")
 
 
+REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        hf = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}/config.json cannot be read ({e})", "re-download the model folder") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}/config.json is not a JSON object", "re-download the model folder")
+    return hf
+
+
 def is_hf_dir(path: Path) -> bool:
-    cfg = path / "config.json"
-    return cfg.is_file() and "model_type" in json.loads(cfg.read_text())
+    return (path / "config.json").is_file() and "model_type" in _read_config(path)
+
+
+def _check_config(hf: dict, path: Path, clip: bool) -> None:
+    need = REQUIRED + (("intermediate_size",) if clip else ())
+    missing = [k for k in need if k not in hf]
+    if missing:
+        raise UserError(f"{path}/config.json lacks {', '.join(missing)}", "re-download the model folder")
+    bad = [k for k in need if not isinstance(hf[k], int) or isinstance(hf[k], bool) or hf[k] <= 0]
+    if bad:
+        raise UserError(f"{path}/config.json: {', '.join(f'{k}={hf[k]!r}' for k in bad)} must be positive integers",
+                        "re-download the model folder")
 
 
 def load_hf_dir(path: Path) -> tuple[ViTConfig, dict]:
-    hf = json.loads((path / "config.json").read_text())
+    hf = _read_config(path)
     mtype = hf.get("model_type")
     if mtype not in SUPPORTED:
         raise UserError(f"Hugging Face model_type {mtype!r} in {path} is not supported",
@@ -28,10 +51,19 @@ def load_hf_dir(path: Path) -> tuple[ViTConfig, dict]:
     if not files:
         raise UserError(f"{path} has config.json but no model.safetensors or pytorch_model.bin",
                         "save the model with save_pretrained()")
+    clip = mtype in ("clip", "clip_vision_model")
+    vision = hf.get("vision_config", hf) if clip else hf
+    if not isinstance(vision, dict):
+        raise UserError(f"{path}/config.json: vision_config is not an object", "re-download the model folder")
+    _check_config(vision, path, clip)
     sd = load_state_dict(files[0])
-    if mtype in ("clip", "clip_vision_model"):
-        return clip_to_canonical(hf.get("vision_config", hf), sd, hf.get("projection_dim"))
-    return vit_to_canonical(hf, sd, dinov2=mtype == "dinov2")
+    try:
+        if clip:
+            return clip_to_canonical(vision, sd, hf.get("projection_dim"))
+        return vit_to_canonical(hf, sd, dinov2=mtype == "dinov2")
+    except KeyError as e:  # a tensor the config implies is not in the weights
+        raise UserError(f"{files[0]} lacks tensor {e.args[0]!r} that {path}/config.json implies",
+                        "the weights and config.json belong to different models; re-download the folder") from None
 
 
 def _strip(sd: dict, prefixes: tuple[str, ...]) -> dict:

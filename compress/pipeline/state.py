@@ -10,7 +10,7 @@ import torch
 
 from ..errors import UserError
 from ..models import VisionTransformer, build, config_from_dict
-from ..models.checkpoint import load_state_dict, save_model_dir
+from ..models.checkpoint import load_state_dict, save_model_dir, tensor_shapes
 from ..models.vit import ViTConfig
 
 STATE_FILE = "config.json"  # {"vit": config, "source", "history"} beside model.safetensors
@@ -46,22 +46,54 @@ class ModelState:
 
     @classmethod
     def load(cls, path: Path) -> tuple["ModelState", dict]:
-        from .base import available_passes
-
         try:
             meta = json.loads((path / STATE_FILE).read_text())
             cfg = config_from_dict(meta["vit"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"checkpoint {path} has a corrupt {STATE_FILE} ({e})", "rerun the pass") from None
+        history = meta.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("type"), str)
+                                                    for r in history):
+            raise UserError(f"checkpoint {path} has a corrupt {STATE_FILE}: every history entry needs a 'type'",
+                            "rerun the pass")
+        weights = path / "model.safetensors"
+        # the config's shapes are checked against the weights' header on the meta device: nothing is allocated
+        # for a config the weights do not back (a corrupt config can ask for any size)
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in _rebuild(cfg, history, path).state_dict().items()}
+        header = tensor_shapes(weights)
+        if header is not None and header != shapes:
+            bad = sorted(k for k in shapes.keys() | header.keys() if shapes.get(k) != header.get(k))
+            raise UserError(f"checkpoint {path} does not match its own config ({len(bad)} tensors differ, e.g. "
+                            f"{bad[0]}: config {shapes.get(bad[0])}, weights {header.get(bad[0])})",
+                            "the files were mixed up or truncated; rerun the pass")
+        model = _load_weights(_rebuild(cfg, history, path), load_state_dict(weights), path)
+        return cls(model.eval(), meta.get("source", str(path)), history), meta
+
+
+def _rebuild(cfg, history: list[dict], path: Path) -> torch.nn.Module:
+    """The model the config and the passes' records describe, before its weights load."""
+    from .base import available_passes
+
+    passes = available_passes()
+    try:
         model = build(cfg)  # the class of the family the config names
-        passes = available_passes()
-        for rec in meta.get("history", []):
-            if rec["type"] not in passes:
-                raise UserError(f"checkpoint {path} was made by unknown pass {rec['type']!r}",
-                                "use the vitforge version that wrote it")
+    except (ArithmeticError, ValueError, TypeError, RuntimeError) as e:  # e.g. patch size 0, negative sizes
+        raise UserError(f"checkpoint {path} has an impossible model config ({_short(e)})", "rerun the pass") from None
+    for i, rec in enumerate(history):
+        if rec["type"] not in passes:
+            raise UserError(f"checkpoint {path} was made by unknown pass {rec['type']!r}",
+                            "use the vitforge version that wrote it")
+        try:
             passes[rec["type"]].rebuild(model, rec)
-        model = _load_weights(model, load_state_dict(path / "model.safetensors"), path)
-        return cls(model.eval(), meta.get("source", str(path)), meta.get("history", [])), meta
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, RuntimeError) as e:
+            raise UserError(f"checkpoint {path}: history entry {i} ({rec['type']}) is incomplete or corrupt "
+                            f"({type(e).__name__}: {_short(e)})", "rerun the pass") from None
+    return model
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
 
 
 def _load_weights(model: torch.nn.Module, state: dict, path: Path):

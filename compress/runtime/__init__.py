@@ -6,6 +6,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
+
+def _ort_errors() -> tuple[type, ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as st
+
+    return tuple(getattr(st, n) for n in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf",
+                                          "NoSuchFile", "NotImplemented") if hasattr(st, n))
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
 
 def ort_session(path: str | Path | bytes, threads: int = 1, profile: bool = False):
     import onnxruntime as ort
@@ -20,7 +33,12 @@ def ort_session(path: str | Path | bytes, threads: int = 1, profile: bool = Fals
     if profile:
         so.enable_profiling = True
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    except _ort_errors() as e:  # truncated, not ONNX, or a graph ONNX Runtime rejects
+        where = "the ONNX model" if isinstance(path, bytes) else path
+        raise UserError(f"{where} cannot be loaded by ONNX Runtime ({_short(e)})",
+                        "give a complete .onnx file (re-export it)") from None
 
 
 class TorchRunner:
@@ -44,6 +62,10 @@ class OrtRunner:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        want = self.session.get_inputs()[0].shape
+        if len(want) != x.ndim or any(isinstance(w, int) and w != d for w, d in zip(want, x.shape)):
+            raise UserError(f"{self.path} takes input {want}, not images of shape {list(x.shape)}",
+                            "evaluate it with the model (--reference) it was exported from")
         return torch.from_numpy(self.session.run(None, {self.input: x.astype(np.float32)})[0])
 
 

@@ -78,7 +78,13 @@ def test_bf16_request_and_nearest_precision_recorded(data):
     assert set(arts) == {"fp32", "bf16"}
     bf = arts["bf16"]
     assert any("does not run fp16 natively" in n and "bf16" in n for n in bf.notes)
-    assert 0.995 <= bf.verification["cosine"] < 1.0 or bf.verification["max_abs"] > 1e-5  # it really is bf16
+    from compress.runtime import RUNNERS
+
+    run, v = RUNNERS["openvino"](data / "bf16" / bf.path, 1), bf.verification
+    if run.precision == "bf16":  # a CPU with bf16 (AVX512_BF16 / AMX): its rounding shows, within the bound
+        assert v["max_abs"] > 1e-5 and 0.995 <= v["cosine"] < 1.0, v
+    else:  # no bf16 on this CPU: the plugin computes in f32, so the artifact matches fp32 closely
+        assert run.precision == "f32" and v["max_abs"] < 1e-4 and v["cosine"] > 0.99999, v
 
 
 class WorkClock:

@@ -116,12 +116,15 @@ def test_stored_x86_lut_predicts_whole_models_within_15_percent():
     assert lm.source == "lut"
     lut = json.loads(lut_path("x86-avx512").read_text())
     assert {v["model"] for v in lut["validation"]} >= {"vit-s14-257tok", "deit-s16-197tok", "vit-s14-pruned"}
-    for v in lut["validation"]:
-        assert abs(v["error"]) <= 0.15, v
-        from compress.targets.lut import validation_configs
+    from compress.targets.lut import validation_configs
 
+    for v in lut["validation"]:
+        # today's prediction against the whole-model time measured when the table was built (not the
+        # file's own error field)
         cfg = next(c for c in validation_configs() if c.name == v["model"])
-        assert lm.model_ms(cfg) == pytest.approx(v["predicted_ms"], rel=1e-3)
+        pred = lm.model_ms(cfg)
+        assert abs(pred / v["measured_ms"] - 1) <= 0.15, (v, pred)
+        assert pred == pytest.approx(v["predicted_ms"], rel=1e-3)
     # pruning a block's MLP and heads makes it cheaper, monotonically
     full = lm.block_ms(384, 6, 64, 64, 1536, 257)
     assert lm.block_ms(384, 6, 64, 64, 768, 257) < full and lm.block_ms(384, 3, 64, 64, 1536, 257) < full

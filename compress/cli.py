@@ -14,18 +14,22 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 from . import ui
 from .errors import UserError, VerificationError
 
 COMMANDS = ("inspect", "eval", "export", "list", "profile", "build")
+MAX_THREADS = 256  # as evaluation.latency.threads
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (implies --quiet)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None, help="intra-op threads (default 1)")
 
 
 def _recipe_args(p: argparse.ArgumentParser, recipe_required: bool = False) -> None:
@@ -49,7 +53,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("model", nargs="?", default=None, help="model reference or checkpoint folder")
         p.add_argument("--weights")
         p.add_argument("--data", default="cifar10", help="images for activation statistics")
-        p.add_argument("--images", type=int, default=8, help="how many images (0: skip statistics)")
+        p.add_argument("--images", type=bounded_int(0, 100_000), default=8, help="how many images (0: skip statistics)")
     elif command == "eval":
         p = argparse.ArgumentParser(prog="compress eval", description="Evaluate a model, checkpoint or artifact.")
         p.add_argument("target", nargs="?", default=None, help="model, checkpoint folder, or artifact (.onnx/.pte/.xml)")
@@ -69,7 +73,45 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     else:  # pragma: no cover - dispatch guards this
         raise AssertionError(command)
     _common(p)
+    p.error = lambda message: _usage_error(p, message)
     return p
+
+
+def bounded_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+
+    return parse
+
+
+def _usage_error(p: argparse.ArgumentParser, message: str):
+    print(f"error: {' '.join(message.split())}; see {p.prog} --help", file=sys.stderr)
+    sys.exit(2)
+
+
+def _crash_log(run_dir, argv: list[str]) -> Path | None:
+    """Write the current exception's traceback to a log: in the run folder when there is one, else the cache."""
+    from .utils.io import cache_dir
+
+    text = f"compress {' '.join(argv)}\n\n{traceback.format_exc()}"
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    places = [lambda: Path(run_dir) if run_dir and (Path(run_dir) / "run.json").is_file() else None,
+              lambda: cache_dir("logs"), lambda: Path(tempfile.gettempdir())]
+    for place in places:
+        try:
+            d = place()
+            if d is not None:
+                (d / name).write_text(text)
+                return d / name
+        except OSError:
+            continue
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished passes are kept; rerun with --resume", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line here, the traceback in a log
+        log = _crash_log(getattr(args, "run_dir", None), argv)
+        what = " ".join(str(e).split())[:200]
+        print(f"error: internal error ({type(e).__name__}: {what}); the traceback is in {log or '(no writable place)'}"
+              "; please report it with that file", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -1,6 +1,8 @@
 """The CLI's commands; each returns a JSON-able result (printed with --json)."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from . import ui
@@ -40,7 +42,8 @@ def run(args, argv) -> dict:
     lr = load_recipe(args.recipe, args.set, model=args.model, data=args.data)
     if args.weights:
         lr.recipe.weights = args.weights
-    out = Path(args.out or Path("runs") / lr.recipe.name)
+    out = Path(args.out) if args.out else Path("runs") / run_folder_name(lr.recipe.name, lr.origins)
+    args.run_dir = out  # where an internal error's log goes (cli.main)
     summary = run_recipe(lr, RunOptions(out, resume=args.resume, force=args.force, argv=argv))
     ev = summary.get("evaluation")
     if ev:
@@ -48,6 +51,33 @@ def run(args, argv) -> dict:
         _print(summary_table(ev["rows"]))
     _print(f"\nrun folder: {out}  (report.md, manifest.json, artifacts/)")
     return summary
+
+
+def run_folder_name(name: str, origins: dict) -> str:
+    """A recipe's ``name:`` as the default run folder: one plain folder name, never a path."""
+    if not _SAFE_NAME.fullmatch(name) or name.strip(".") == "":
+        from .recipes import _where
+
+        raise UserError(f"{_where(origins, ('name',))}: recipe name {name!r} cannot be a run folder name",
+                        "use letters, digits, '.', '_' and '-' (no '/' or '..'), or pass --out")
+    return name
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def out_dir(path: str | Path) -> Path:
+    """``--out`` for a command that writes a folder of files: created here, or one line saying why not."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder", "choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror}", "choose a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --out {out}: permission denied", "choose a folder you can write to")
+    return out
 
 
 def inspect(args) -> dict:
@@ -121,11 +151,10 @@ def export(args) -> dict:
     from .pipeline.state import load_any
     from .utils.io import sha256_file, write_json
 
+    out = out_dir(args.out)
     lr, reference = _reference_and_recipe(args)
     target = args.target or args.model or lr.recipe.model
     state = load_any(target, args.weights)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(lr.recipe, out, reference, [__import__("compress.targets", fromlist=["x"]).load_profile(t)
                                                  for t in lr.recipe.targets])
     imgs = Evaluator(reference.model, lr.recipe.data, lr.recipe.evaluation).fidelity_images()
@@ -148,13 +177,20 @@ def list(args) -> dict:  # noqa: A001 - the command is called "list"
     from .pipeline.base import available_passes
     from .targets import list_profiles
 
-    recipes = sorted(str(p) for p in Path("recipes").glob("*.yaml")) if Path("recipes").is_dir() else []
+    from .recipes.shipped import shipped_dir, shipped_recipes
+
+    local = {p.stem: p for p in sorted(Path("recipes").glob("*.yaml"))} if Path("recipes").is_dir() else {}
+    recipes = [{"name": k, "path": str(v), "source": "shipped"} for k, v in shipped_recipes().items()
+               if not (k in local and local[k].resolve() == v.resolve())]
+    recipes += [{"name": k, "path": str(v), "source": "./recipes"} for k, v in local.items()]
     info = {"models": SUPPORTED, "passes": {k: v.summary for k, v in sorted(available_passes().items())},
             "targets": list_profiles(), "recipes": recipes}
     _print(f"models: {SUPPORTED}\n\npasses:")
     for k, v in info["passes"].items():
         _print(f"  {k:<12} {v}")
-    _print(f"\ntargets: {', '.join(info['targets'])}\nrecipes: {', '.join(recipes)}")
+    _print(f"\ntargets: {', '.join(info['targets'])}\n\nrecipes (--recipe NAME or a path; shipped: {shipped_dir()}):")
+    for r in recipes:
+        _print(f"  {r['name']:<16} {r['source']:<10} {r['path']}")
     return info
 
 

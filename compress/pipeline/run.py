@@ -14,7 +14,10 @@ stopped and ends with the same artifacts.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import random
 import shutil
 import time
@@ -26,6 +29,7 @@ import torch
 import yaml
 
 from .. import ui
+from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
 from ..recipes import LoadedRecipe
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
@@ -33,6 +37,7 @@ from .context import RunContext
 from .state import ModelState, load_any
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"  # flock-ed for the whole run; holds the pid while held
 
 
 @dataclass
@@ -44,6 +49,7 @@ class RunOptions:
 
 
 def seed_everything(seed: int) -> None:
+    seed %= 2**32  # recipe seeds are < 2**32; a pass's seed + i may not be
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -56,45 +62,117 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _prepare_dir(out: Path, start_hash: str, opts: RunOptions) -> None:
-    prev = _read_json(out / RUN_FILE)
-    if opts.force and out.exists():
-        for sub in ("passes", "artifacts", "plots", "work"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for f in ("export.json", "evaluation.json", "report.md", "report.json", "manifest.json", "probe.safetensors"):
-            (out / f).unlink(missing_ok=True)
-        prev = None
-    elif prev is None and out.exists() and any(out.iterdir()):
+def _ours(out: Path) -> list[Path]:
+    """What the folder holds besides the lock file."""
+    return [p for p in out.iterdir() if p.name != LOCK_FILE]
+
+
+def _precheck(out: Path, opts: RunOptions) -> None:
+    """Refusals that need no model and must leave no trace: not even the folder or its lock file."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder", "choose a folder for the run")
+    prev = (out / RUN_FILE).is_file()
+    if opts.resume and not prev:
+        raise UserError(f"nothing to resume in {out}", "drop --resume to start a new run")
+    if out.is_dir() and not prev and not opts.force and _ours(out):
         raise UserError(f"output folder {out} is not empty and holds no vitforge run",
                         "choose another --out (nothing there was touched)")
-    elif prev is not None and prev.get("start") != start_hash:
+
+
+@contextlib.contextmanager
+def locked(out: Path):
+    """Hold an exclusive lock on the run folder for the whole run; a second run into it exits 2."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {out}: {e.strerror}",
+                        "choose an --out you can write to (not under a file)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"run folder {out} is in use by another compress run (pid {holder})",
+                            "wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an idle folder's lock file is empty: a refused run leaves every byte as it was
+    finally:
+        os.close(fd)
+
+
+def _chains(start: str, recipe, passes) -> list[str]:
+    """The chain hash of each pass: the model, the data its calibration reads, every pass config up to it."""
+    chain, out = sha256_json({"start": start, "data": recipe.data.model_dump()}), []
+    for name, p in passes:
+        chain = sha256_json({"prev": chain, "name": name, "type": p.name, "config": p.config.model_dump()})
+        out.append(chain)
+    return out
+
+
+def _prepare_dir(out: Path, start_hash: str, chains: dict[str, str], opts: RunOptions) -> None:
+    """Check the folder against this recipe (``chains``: checkpoint folder -> chain hash) before writing anything."""
+    prev = _read_json(out / RUN_FILE)
+    if opts.force:
+        for sub in ("passes", "artifacts", "plots", "work"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for f in ("export.json", "evaluation.json", "report.md", "report.json", "manifest.json", "probe.safetensors",
+                  RUN_FILE, "recipe.yaml"):
+            (out / f).unlink(missing_ok=True)
+        return
+    if prev is None:
+        if _ours(out):
+            raise UserError(f"output folder {out} is not empty and holds no vitforge run",
+                            "choose another --out (nothing there was touched)")
+        if opts.resume:
+            raise UserError(f"nothing to resume in {out}", "drop --resume to start a new run")
+        return
+    if prev.get("start") != start_hash:
         raise UserError(f"{out} holds a run of another model or seed", "use --force to start over, or another --out")
-    if opts.resume and prev is None:
-        raise UserError(f"nothing to resume in {out}", "drop --resume to start a new run")
-    write_json(out / RUN_FILE, {"start": start_hash})
+    done = sorted(p.name for p in (out / "passes").iterdir() if not p.name.startswith(".")) \
+        if (out / "passes").is_dir() else []
+    for d in done:
+        meta = _read_json(out / "passes" / d / "config.json") or {}
+        if chains.get(d) is None or meta.get("chain") != chains[d]:
+            raise UserError(f"{out / 'passes' / d} was made by a different recipe (its pass, or an earlier one, "
+                            "is not in this recipe as it is run)",
+                            "use --force to redo the run, or another --out (nothing was touched)")
 
 
 def run_recipe(lr: LoadedRecipe, opts: RunOptions) -> dict:
-    recipe, out = lr.recipe, Path(opts.out)
+    out = Path(opts.out)
+    _precheck(out, opts)
+    with locked(out):
+        return _run(lr, opts, out)
+
+
+def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
+    recipe = lr.recipe
     t_start = time.time()
     timings: dict[str, float] = {}
     seed_everything(recipe.seed)
     t = time.time()
     reference = load_any(recipe.model, recipe.weights)
     timings["load_model"] = time.time() - t
+    data = _data_source(recipe.data.path)
     from ..evaluation.evaluate import model_fingerprint
 
     start = sha256_json({"model": recipe.model, "weights": recipe.weights, "fp": model_fingerprint(reference.model),
                          "seed": recipe.seed})
-    out.mkdir(parents=True, exist_ok=True)
-    _prepare_dir(out, start, opts)
+    folders = [f"{i + 1:02d}-{name}" for i, (name, _) in enumerate(lr.passes)]
+    chains = _chains(start, recipe, lr.passes)
+    _prepare_dir(out, start, dict(zip(folders, chains)), opts)
+    write_json(out / RUN_FILE, {"start": start})
     write_text(out / "recipe.yaml", yaml.safe_dump(lr.raw, sort_keys=False))
     targets = _targets(recipe)
     ctx = RunContext(recipe, out, reference, targets)
     state, chain, resumed = reference.clone(), start, 0
-    for i, (name, p) in enumerate(lr.passes):
-        chain = sha256_json({"prev": chain, "name": name, "type": p.name, "config": p.config.model_dump()})
-        ckpt = out / "passes" / f"{i + 1:02d}-{name}"
+    for i, ((name, p), chain, folder) in enumerate(zip(lr.passes, chains, folders)):
+        ckpt = out / "passes" / folder
         meta = _read_json(ckpt / "config.json")
         if meta and meta.get("chain") == chain:
             state, _ = ModelState.load(ckpt)
@@ -102,9 +180,8 @@ def run_recipe(lr: LoadedRecipe, opts: RunOptions) -> dict:
             resumed += 1
             ui.info(f"[{i + 1}/{len(lr.passes)}] {name}: finished earlier, reusing {ckpt}")
             continue
-        if ckpt.exists():
-            raise UserError(f"{ckpt} was made by a different recipe (passes.{name} or an earlier pass changed)",
-                            "use --force to redo the run, or another --out (nothing was touched)")
+        if ckpt.exists():  # _prepare_dir checked every folder; a guard, never reached
+            raise UserError(f"{ckpt} was made by a different recipe", "use --force to redo the run, or another --out")
         ui.info(f"[{i + 1}/{len(lr.passes)}] {name} ({p.name}): {p.summary}")
         seed_everything(recipe.seed + i + 1)
         t = time.time()
@@ -126,12 +203,21 @@ def run_recipe(lr: LoadedRecipe, opts: RunOptions) -> dict:
                             lambda: _evaluate(reference, state, ctx, export), timings, "evaluation")
     from ..report import write_report
 
-    summary = {"recipe": recipe.name, "model": recipe.model, "run_dir": str(out), "passes": state.history,
+    summary = {"recipe": recipe.name, "model": recipe.model, "data": data, "run_dir": str(out), "passes": state.history,
                "artifacts": export["artifacts"], "evaluation": evaluation}
     write_report(out, summary)
     timings["total"] = time.time() - t_start
     _write_manifest(out, lr, state, export, timings, opts)
     return summary
+
+
+def _data_source(spec: str) -> dict:
+    """Where the recipe's data comes from (said once on stderr, recorded in the report and manifest); a
+    missing dataset fails later, in the stage that needs images."""
+    try:
+        return resolve_data(spec).to_dict()
+    except UserError as e:
+        return {"requested": spec, "dataset": spec, "path": None, "source": "missing", "note": str(e)}
 
 
 def _stage(path: Path, chain: str, fn, timings: dict, name: str, verify_files: Path | None = None) -> dict:
@@ -207,7 +293,8 @@ def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict
         files.append({"path": str(f.relative_to(out)), "sha256": sha256_file(f), "bytes": f.stat().st_size})
     write_json(out / "manifest.json", {
         "tool": "vitforge", "command": opts.argv, "recipe_file": str(lr.path) if lr.path else None,
-        "recipe": lr.raw, "model": lr.recipe.model, "versions": _versions(), "passes": state.history,
+        "recipe": lr.raw, "model": lr.recipe.model, "data": _data_source(lr.recipe.data.path),
+        "versions": _versions(), "passes": state.history,
         "checkpoints": ckpts, "artifacts": export["artifacts"], "files": files,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     })

@@ -42,19 +42,28 @@ def _merge(base: dict, over: dict, bl: dict, ol: dict, path=()) -> dict:
     return out
 
 
-def _read(path: Path, depth: int = 0) -> tuple[dict, dict]:
+def _read(path: Path, chain: tuple = ()) -> tuple[dict, dict]:
+    chain = chain + (path.resolve(),)
     data, lines = load_yaml_with_lines(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data, lines
-    if depth >= MAX_EXTENDS or not isinstance(parent, str):
-        raise UserError(f"{lines[('extends',)]}: 'extends' must name one recipe file (max depth {MAX_EXTENDS})",
-                        "write extends: base.yaml")
+    where = lines[("extends",)]
+    if not isinstance(parent, str) or not parent.strip():
+        raise UserError(f"{where}: 'extends' must name one recipe file", "write extends: base.yaml")
     ppath = (path.parent / parent).resolve()
-    if not ppath.is_file():
-        raise UserError(f"{lines[('extends',)]}: extends {parent!r} not found (looked for {ppath})",
+    if ppath in chain:
+        cycle = " -> ".join(p.name for p in chain[chain.index(ppath):] + (ppath,))
+        raise UserError(f"{where}: extends cycle: {cycle}", "a recipe cannot extend itself, directly or not")
+    if len(chain) > MAX_EXTENDS:
+        raise UserError(f"{where}: extends chain deeper than {MAX_EXTENDS} recipes", "extend fewer levels")
+    if ppath.is_dir():
+        raise UserError(f"{where}: extends {parent!r} is a directory ({ppath}), not a recipe file",
+                        "name the .yaml file to extend")
+    if not ppath.exists():
+        raise UserError(f"{where}: extends {parent!r} not found (looked for {ppath})",
                         "paths are relative to the recipe that extends them")
-    base, blines = _read(ppath, depth + 1)
+    base, blines = _read(ppath, chain)
     return _merge(base, data, blines, {p: o for p, o in lines.items() if p != ("extends",)}), blines
 
 
@@ -69,16 +78,36 @@ def _set(data: dict, origins: dict, assignment: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
-    node = data
+    node, at = data, ()
     for p in parts[:-1]:
-        nxt = node.get(p)
+        p = _index(node, p, key)
+        nxt = node[p] if isinstance(node, list) else node.get(p)
         if nxt is None:
             nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise UserError(f"--set {key}: {p} is a {type(nxt).__name__}, not a mapping", "check the key path")
-        node = nxt
-    node[parts[-1]] = parsed
-    origins[tuple(parts)] = Origin(f"--set {key}", None)
+            origins[at + (p,)] = Origin(f"--set {key}", None)
+        if not isinstance(nxt, (dict, list)):
+            raise UserError(f"--set {key}: {'.'.join(map(str, at + (p,)))} is a {type(nxt).__name__}, "
+                            "not a mapping or list", "check the key path")
+        node, at = nxt, at + (p,)
+    last = _index(node, parts[-1], key, append=True)
+    if isinstance(node, list) and last == len(node):
+        node.append(parsed)
+    else:
+        node[last] = parsed
+    for p in [p for p in origins if p[: len(at) + 1] == at + (last,)]:
+        del origins[p]  # the old value's lines no longer apply
+    origins[at + (last,)] = Origin(f"--set {key}", None)
+
+
+def _index(node, part: str, key: str, append: bool = False):
+    """``part`` as a key of ``node``: a list index (0-based; the list's length appends) for a list."""
+    if not isinstance(node, list):
+        return part
+    n = len(node) + (1 if append else 0)
+    if not part.isdigit() or int(part) >= n:
+        raise UserError(f"--set {key}: {part!r} is not an index of a list of {len(node)}",
+                        f"use 0..{n - 1}" if n else "the list is empty: set the whole list, e.g. key=[a]")
+    return int(part)
 
 
 def _where(origins: dict, loc: tuple) -> str:
@@ -125,7 +154,6 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
     from ..pipeline.base import available_passes
 
     if path is not None:
-        path = Path(path)
         raw, origins = _read(path)
     else:
         raw, origins = {}, {}
@@ -150,6 +178,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
     for name, cfg in recipe.passes.items():
         cfg = dict(cfg or {})
         ptype = cfg.pop("type", name)
+        if not isinstance(ptype, str):
+            raise UserError(f"{_where(origins, ('passes', name, 'type'))}: passes.{name}.type must be one pass name, "
+                            f"not a {type(ptype).__name__}", f"available passes: {', '.join(sorted(registry))}")
         if ptype not in registry:
             close = difflib.get_close_matches(str(ptype), list(registry), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"available passes: {', '.join(sorted(registry))}"
@@ -169,8 +200,17 @@ def _check_targets(recipe: Recipe, origins: dict) -> None:
         return
     from ..targets import list_profiles
 
+    from ..export.artifacts import EXPORTERS
+
     known = list_profiles()
+    exporters = sorted(k.split(":", 1)[1] for k in EXPORTERS if k.startswith("target:"))
     for i, t in enumerate(recipe.targets):
+        for j, e in enumerate([] if isinstance(t, str) else t.exporters or []):
+            if e not in exporters:
+                close = difflib.get_close_matches(e, exporters, n=1)
+                raise UserError(f"{_where(origins, ('targets', i, 'exporters', j))}: unknown exporter {e!r} at "
+                                f"targets.{i}.exporters.{j}",
+                                f"did you mean {close[0]!r}?" if close else f"known exporters: {', '.join(exporters)}")
         t = t if isinstance(t, str) else t.name  # a TargetSpec
         if t not in known:
             close = difflib.get_close_matches(t, known, n=1)

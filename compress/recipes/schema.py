@@ -6,14 +6,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+SEED = Field(0, ge=0, lt=2**32, description="random seed (numpy takes 0..2**32-1)")
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SubsetConfig(Strict):
     split: Literal["train", "test"] = "train"
     count: int = Field(256, ge=1, le=1_000_000)
-    seed: int = 0
+    seed: int = SEED
 
 
 class DataConfig(Strict):
@@ -39,7 +42,7 @@ class EvaluationConfig(Strict):
     # pruned, distilled), with the fp32 probe's L2; reported as top1_refit beside the fixed fp32 probe's top1
     probe_refit: bool = False
     test: int = Field(2000, ge=10, le=1_000_000)
-    seed: int = 0
+    seed: int = SEED
     fidelity_images: int = Field(16, ge=1, le=10_000)
     latency: LatencyConfig = LatencyConfig()
 
@@ -92,7 +95,7 @@ class Recipe(Strict):
     extends: str | None = None
     model: str = "dinov2-s14-focus"
     weights: str | None = None
-    seed: int = 0
+    seed: int = SEED
     data: DataConfig = DataConfig()
     passes: dict[str, dict | None] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()

@@ -26,6 +26,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # Linux: read it without changing it
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere there is no getter: set and set back at once
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str | os.PathLike, mode: int) -> None:
+    """mkstemp/mkdtemp make 0600/0700; give the file or folder the mode a plain create would (umask applied)."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``dest``; on success it replaces ``dest`` atomically."""
@@ -33,6 +47,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = ""):
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
     os.close(fd)
+    _as_created(tmp, 0o666)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -50,6 +65,7 @@ def atomic_dir(dest: str | os.PathLike):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    _as_created(tmp, 0o777)
     try:
         yield tmp
         for f in tmp.rglob("*"):

@@ -33,6 +33,22 @@ def block_linears(model) -> list[str]:
     return [f"blocks.{i}.{n}" for i in range(len(model.blocks)) for n in LINEARS]
 
 
+def check_paths(model, cfg: QuantizeConfig) -> None:
+    """``overrides`` and ``skip`` must name modules this model has (a typo would silently do nothing)."""
+    import difflib
+
+    from ...errors import UserError
+
+    linears = block_linears(model)
+    for key, paths, valid in (("overrides", cfg.overrides, linears), ("skip", cfg.skip, linears + ["patch_embed.proj"])):
+        for path in paths:
+            if path not in valid:
+                close = difflib.get_close_matches(path, valid, n=1)
+                raise UserError(f"quantize {key}: the model has no quantizable module {path!r}",
+                                f"did you mean {close[0]!r}?" if close else
+                                f"module paths look like blocks.0.attn.q (blocks 0..{len(model.blocks) - 1})")
+
+
 def _groups(attention: bool) -> list[tuple[str, ...]]:
     g = [("attn.q", "attn.k", "attn.v")]
     if attention:

@@ -47,6 +47,7 @@ class QuantizePass(Pass):
         if quantized_modules(model):
             raise UserError("the model is already quantized (a quantize pass ran earlier in this recipe)",
                             "keep one quantize pass per recipe")
+        ptq.check_paths(model, cfg)
         t0, c0 = time.time(), time.process_time()
         images = torch.cat(ctx.calibration_batches(cfg.calibration_images))
         ui.info(f"    {len(images)} calibration images")

@@ -3,14 +3,18 @@
     lm = load_latency_model("x86-avx512")
     lm.block_ms(embed_dim=384, num_heads=6, qk_dim=64, v_dim=64, mlp_dim=1536, tokens=257)
     lm.model_ms(cfg)            # patch embed + blocks + final norm + head, batch 1
-    lm.source                   # 'lut' or 'roofline'
+    lm.source                   # 'lut' or 'roofline' (fp32)
+    lm.source_for("int8")       # a precision without its own table: 'lut-fp32-roofline-scaled'
+    lm.predict(cfg, "int8")     # {"ms", "precision", "source", "measured"}: says which numbers are estimates
 
 The LUT (``targets/luts/<target>.json``, written by ``compress profile --build-lut``) holds the
 measured latency of the two halves of one canonical pre-norm block (norm1+attention+residual,
 norm2+MLP+residual) on regular grids; values between grid points are interpolated multilinearly
 (exact for costs bilinear in the widths, as matmul FLOPs are) and extrapolated linearly outside.
 Attention with ``qk_dim != v_dim`` is the mean of the two square cases: the q/k and v/proj
-linears and the two attention matmuls are symmetric in the two widths.
+linears and the two attention matmuls are symmetric in the two widths. A precision the table does
+not hold (int8, fp16 when only fp32 was measured) is the fp32 table scaled by the roofline ratio
+between the two precisions: an estimate, labelled ``lut-fp32-roofline-scaled``, never "measured".
 """
 from __future__ import annotations
 
@@ -130,8 +134,18 @@ class LatencyModel:
             self.roofline_block_ms(cfg.embed_dim, b.num_heads, b.qk_dim, b.v_dim, b.mlp_dim, T, precision)
             for b in cfg.blocks)
 
-    def describe(self) -> str:
-        return f"{self.target}: {self.source} latency model"
+    def source_for(self, precision: str = "fp32") -> str:
+        canonical_precision(precision)
+        return self.source
+
+    def predict(self, cfg, precision: str = "fp32") -> dict:
+        """Whole-model latency with what it rests on: ``measured`` only where a measured table covers it."""
+        src = self.source_for(precision)
+        return {"ms": self.model_ms(cfg, precision), "precision": canonical_precision(precision), "source": src,
+                "measured": src == "lut"}
+
+    def describe(self, precision: str = "fp32") -> str:
+        return f"{self.target}: {self.source_for(precision)} latency model ({canonical_precision(precision)}, an estimate)"
 
 
 class LutLatencyModel(LatencyModel):
@@ -166,8 +180,15 @@ class LutLatencyModel(LatencyModel):
         p = canonical_precision(precision)
         return super().stem_ms(cfg, p) * self._scale(p if p in self.tables else "fp32")
 
-    def describe(self) -> str:
-        return f"{self.target}: measured LUT {self.path.name if self.path else ''} ({self.lut.get('runtime', '')})"
+    def source_for(self, precision: str = "fp32") -> str:
+        return "lut" if canonical_precision(precision) in self.tables else "lut-fp32-roofline-scaled"
+
+    def describe(self, precision: str = "fp32") -> str:
+        p, name = canonical_precision(precision), self.path.name if self.path else "LUT"
+        if p in self.tables:
+            return f"{self.target}: measured LUT {name} ({self.lut.get('runtime', '')}, {p})"
+        return (f"{self.target}: {p} estimated: the measured fp32 LUT {name} scaled by the fp32 -> {p} roofline "
+                f"ratio (not measured in {p})")
 
 
 class _Tables:

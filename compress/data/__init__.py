@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from ..models.vit import ViTConfig
-from .sources import KNOWN, Source, open_source
+from .catalog import CATALOG, resolve
+from .sources import Source, open_source
 
 _INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
            "area": Image.BOX, "lanczos": Image.LANCZOS}
@@ -90,4 +91,4 @@ def batches(ds: Subset, batch_size: int):
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-__all__ = ["Preprocess", "Subset", "load_subset", "balanced_indices", "batches", "open_source", "KNOWN"]
+__all__ = ["Preprocess", "Subset", "load_subset", "balanced_indices", "batches", "open_source", "CATALOG", "resolve"]

@@ -1,4 +1,5 @@
-"""Image sources: ImageFolder folders, tar.gz archives of them, Fashion-MNIST idx files, numpy arrays.
+"""Image sources: ImageFolder folders, tar.gz archives of them, Fashion-MNIST idx files, CIFAR-10 binary
+batches, numpy arrays. Dataset names resolve through ``catalog.resolve``.
 
 Each source lists samples as (loader key, label) with class names; images decode lazily.
 """
@@ -17,15 +18,9 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
 from ..utils.io import atomic_dir, cache_dir, sha256_file, write_text
+from .catalog import resolve
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
-# well-known names -> where they live on machines set up by `make setup`
-KNOWN = {
-    "cifar10": ["$VITFORGE_DATA/cifar10-jpeg.tar.gz", "{repo}/../shared/datasets/cifar10-jpeg.tar.gz"],
-    "fashion-mnist": ["$VITFORGE_DATA/fashion-mnist", "/usr/share/datasets/fashion-mnist"],
-}
-
-
 class Source:
     classes: list[str]
     labels: np.ndarray
@@ -101,6 +96,26 @@ def idx_source(root: Path, split: str) -> ArraySource:
                        FASHION_CLASSES if "fashion" in str(root).lower() else None)
 
 
+CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the red, green and blue planes
+
+
+def cifar_binary_source(root: Path, split: str) -> ArraySource:
+    """The CIFAR-10 binary version: fixed-size records in data_batch_{1..5}.bin / test_batch.bin."""
+    names = ["test_batch.bin"] if split != "train" else [f"data_batch_{i}.bin" for i in range(1, 6)]
+    rows = []
+    for n in names:
+        if not (root / n).is_file():
+            raise UserError(f"{root} has no {n}", "point --data at the cifar-10-batches-bin folder")
+        raw = np.fromfile(root / n, dtype=np.uint8)
+        if raw.size % CIFAR_RECORD:
+            raise UserError(f"{root / n} is truncated ({raw.size} bytes)", "re-download CIFAR-10")
+        rows.append(raw.reshape(-1, CIFAR_RECORD))
+    rec = np.concatenate(rows)
+    meta = root / "batches.meta.txt"
+    classes = [c for c in meta.read_text().split() if c] if meta.is_file() else None
+    return ArraySource(rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), rec[:, 0].astype(np.int64), classes)
+
+
 def archive_digest(path: Path) -> str:
     """SHA-256 of an archive's bytes, remembered per (size, mtime) so an unchanged file is hashed once."""
     st, where = path.stat(), hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
@@ -144,21 +159,7 @@ def _split_root(root: Path, split: str) -> Path:
 
 
 def resolve_path(spec: str) -> Path:
-    if spec in KNOWN:
-        repo = Path(__file__).resolve().parents[2]
-        for cand in KNOWN[spec]:
-            if cand.startswith("$VITFORGE_DATA") and not os.environ.get("VITFORGE_DATA"):
-                continue
-            p = Path(cand.replace("$VITFORGE_DATA", os.environ.get("VITFORGE_DATA", "")).format(repo=repo))
-            if p.exists():
-                return p
-        raise UserError(f"dataset {spec!r} was not found (looked in {', '.join(KNOWN[spec])})",
-                        "pass --data PATH or set VITFORGE_DATA")
-    p = Path(spec).expanduser()
-    if not p.exists():
-        raise UserError(f"data path {spec} does not exist", f"pass an image folder, a .tar.gz, an .npz, "
-                        f"or a known dataset name ({', '.join(KNOWN)})")
-    return p
+    return Path(resolve(spec).path)
 
 
 def open_source(spec: str, split: str = "train") -> Source:
@@ -177,6 +178,8 @@ def open_source(spec: str, split: str = "train") -> Source:
     if path.is_dir():
         if any(path.glob("*idx3-ubyte*")):
             return idx_source(path, split)
+        if (path / "test_batch.bin").is_file():
+            return cifar_binary_source(path, split)
         return FolderSource(_split_root(path, split))
     raise UserError(f"data file {path} has an unsupported format", "use a folder, .tar.gz, .npz or idx files")
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import UserError
 from .schema import Recipe
+from .shipped import resolve_recipe
 from .yaml_lines import Origin, load_yaml_with_lines
 
 MAX_EXTENDS = 8
@@ -154,6 +155,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
     from ..pipeline.base import available_passes
 
     if path is not None:
+        path = resolve_recipe(path)
         raw, origins = _read(path)
     else:
         raw, origins = {}, {}

@@ -73,6 +73,12 @@ _RUNTIME = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "executorch":
 def write_report(run_dir: Path, summary: dict) -> None:
     run_dir = Path(run_dir)
     md = [f"# vitforge report: {summary['recipe']}", "", f"Model: `{summary['model']}`", ""]
+    if (summary.get("weights") or {}).get("random"):
+        md += [f"**Random weights**: {summary['weights']['note']}.", ""]
+    if summary.get("data"):
+        d = summary["data"]
+        md += [f"Data: {d['dataset']}" + (f" (instead of {d['requested']})" if d["dataset"] != d["requested"] else "")
+               + f" from `{d['path']}` ({d['source']})" + (f"; {d['note']}" if d.get("note") else "") + ".", ""]
     ev = summary.get("evaluation")
     if ev:
         how = (f"linear probe trained once on {ev['probe_train_images']} fp32 feature vectors, "

@@ -58,6 +58,12 @@ def _close(a: np.ndarray, model) -> float:
     return float(np.abs(a - b).max())
 
 
+def _per_image_diff(a: np.ndarray, model) -> np.ndarray:
+    with torch.no_grad():
+        b = model(X).numpy()
+    return np.abs(a - b).reshape(len(a), -1).max(1)
+
+
 def test_w8a8_qdq_runs_int8_gemms_and_matches_pytorch(tmp_path):
     m = _quantized({}, tmp_path)
     proto, _ = build_qdq(tmp_path / "float.onnx", m)
@@ -86,7 +92,10 @@ def test_sub_byte_weights_are_int4_on_disk_and_still_int8_gemms(tmp_path):
     assert codes.min() >= -4 and codes.max() <= 3  # the 3-bit layers use 3 bits of the container
     out, ops = _run(proto, tmp_path, "w4")
     assert ops["MatMulIntegerToFloat"] == 12 and ops.get("Cast", 0) == 0  # casts constant-folded at load
-    assert _close(out, m) < 5e-3  # same integers; a float ulp may flip a rare rounding
+    # same integers: images match to float precision, but a float ulp may flip a rare activation code (measured
+    # here on AVX2: 1 image of 12, by one code step, 0.018), which then moves that image's later tokens
+    per_image = _per_image_diff(out, m)
+    assert (per_image < 1e-4).mean() >= 0.75 and per_image.max() < 0.05, per_image
     w8, _ = build_qdq(tmp_path / "float.onnx", _quantized({}, tmp_path))
     weight_bytes = lambda p: sum(len(t.raw_data) for t in p.graph.initializer  # noqa: E731
                                  if t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.UINT8)

@@ -36,8 +36,14 @@ def weight_codes(mod) -> tuple[np.ndarray, UniformQuantizer]:
     return codes.numpy().astype(np.int64), q
 
 
-def weight_dq(ed: GraphEditor, node, path: str, mod, *, cast_int8: bool, int4: bool = True) -> str:
-    """DequantizeLinear of ``mod``'s integer weight, laid out like the float initializer it replaces."""
+def weight_dq(ed: GraphEditor, node, path: str, mod, *, ort_int8_gemm: bool, int4: bool = True) -> str:
+    """DequantizeLinear of ``mod``'s integer weight, laid out like the float initializer it replaces.
+
+    ``ort_int8_gemm``: the weight feeds an ONNX Runtime integer GEMM. It is stored unsigned, with the zero point
+    moved by the same offset (the same values): ONNX Runtime's x86 kernels for u8 x s8 sum pairs of products in
+    16 bits (``vpmaddubsw``), which saturate on CPUs without AVX-VNNI (measured: max|diff| 0.28 vs 2e-6 on a
+    2-block ViT, AVX2), while u8 x u8 widens first and is exact everywhere. Weights of 4 bits or fewer stay
+    4-bit on disk (UINT4) behind a Cast to UINT8 that the session constant-folds at load."""
     codes, q = weight_codes(mod)
     scale = q.scale.detach().float().numpy()
     small = q.bits <= 4 and int4
@@ -56,16 +62,24 @@ def weight_dq(ed: GraphEditor, node, path: str, mod, *, cast_int8: bool, int4: b
             s = scale.reshape(-1)
             attrs = {"axis": 1} if s.size > 1 else {}
     s = s if s.size > 1 else s.reshape(())
-    wname = ed.const_int4(f"{tag}_w_int4", w) if small else ed.const(f"{tag}_w_int8", w, np.int8)
-    if small and cast_int8:
-        wname = ed.node(node.name, "Cast", [wname], f"/{tag}/WeightCast", to=onnx.TensorProto.INT8)
+    if ort_int8_gemm:
+        off = 8 if small else 128
+        wname = ed.const_int4(f"{tag}_w_uint4", w + off, signed=False) if small else \
+            ed.const(f"{tag}_w_uint8", w + off, np.uint8)
+        if small:
+            wname = ed.node(node.name, "Cast", [wname], f"/{tag}/WeightCast", to=onnx.TensorProto.UINT8)
+        zp = ed.const(f"{tag}_w_zp", np.full(s.shape, off), np.uint8)
+    else:
+        wname = ed.const_int4(f"{tag}_w_int4", w) if small else ed.const(f"{tag}_w_int8", w, np.int8)
+        zp = None
     if q.group:  # float16-exact block scales (see UniformQuantizer.set_range): half the bytes on disk, widened
         # to float32 by a Cast of a constant (folded when the runtime loads the graph)
         sname = ed.node(node.name, "Cast", [ed.const(f"{tag}_w_scale_f16", s, np.float16)], f"/{tag}/ScaleCast",
                         to=onnx.TensorProto.FLOAT)
     else:
         sname = ed.const(f"{tag}_w_scale", s)
-    return ed.node(node.name, "DequantizeLinear", [wname, sname], f"/{tag}/WeightDQ", **attrs)
+    inputs = [wname, sname] + ([zp] if zp else [])
+    return ed.node(node.name, "DequantizeLinear", inputs, f"/{tag}/WeightDQ", **attrs)
 
 
 def _uniform_qdq(ed: GraphEditor, before: str, src: str, q: UniformQuantizer, tag: str, shift: float = 0.0,
@@ -159,7 +173,7 @@ class QdqBuilder:
             self.act(node, 0, mod.input_quant, f"{tag}_in", consumer_bias=isinstance(mod, QuantLinear))
             if mod.weight_quant is not None and self.weights == "qdq":
                 int8_gemm = mod.input_quant is not None and mod.weight_quant.group is None
-                node.input[1] = weight_dq(ed, node, path, mod, cast_int8=int8_gemm and self.flavor == "onnxruntime",
+                node.input[1] = weight_dq(ed, node, path, mod, ort_int8_gemm=int8_gemm and self.flavor == "onnxruntime",
                                           int4=not (self.flavor == "tensorrt" and int8_gemm))
                 if mod.input_quant is not None and mod.weight_quant.group and self.flavor == "onnxruntime":
                     # ONNX Runtime 1.2x fuses DQ(x) x DQ(blocked int8 W) into MatMulIntegerToFloat, ignoring

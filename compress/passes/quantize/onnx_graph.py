@@ -41,14 +41,15 @@ class GraphEditor:
         self.graph.initializer.append(numpy_helper.from_array(arr, name))
         return name
 
-    def const_int4(self, base: str, codes: np.ndarray) -> str:
-        """A signed 4-bit initializer (codes in [-8, 7]); onnx packs two per byte."""
+    def const_int4(self, base: str, codes: np.ndarray, signed: bool = True) -> str:
+        """A 4-bit initializer, INT4 (codes in [-8, 7]) or UINT4 ([0, 15]); onnx packs two per byte."""
         name = self.name(base)
-        nib = (codes.astype(np.int8).flatten() & 0x0F).astype(np.uint8)
+        nib = (codes.astype(np.int16).flatten() & 0x0F).astype(np.uint8)
         if nib.size % 2:
             nib = np.append(nib, np.uint8(0))
         packed = (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8)  # two per byte, low nibble first
-        t = helper.make_tensor(name, TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
+        t = helper.make_tensor(name, TensorProto.INT4 if signed else TensorProto.UINT4, codes.shape, packed.tobytes(),
+                               raw=True)
         self.graph.initializer.append(t)
         return name
 

@@ -62,6 +62,15 @@ def build(cfg: ViTConfig | SwinConfig, state: dict | None = None) -> VisionTrans
     return model.eval()
 
 
+def weights_note(cfg) -> dict:
+    """What the weights are, for a run's report: random initialisation gets a flag and no accuracy verdict."""
+    if cfg.extra.get("randomly_initialized"):
+        return {"random": True, "accuracy_verdict": None,
+                "note": "randomly initialised weights (no weights were given): top-1 and agreement describe a "
+                        "probe on random features, not the model's accuracy; no accuracy verdict is given"}
+    return {"random": False}
+
+
 def load_model(ref: str | None = None, weights: str | None = None) -> LoadedModel:
     ref = ref or DEFAULT_MODEL
     cfg, state = _resolve(ref, weights)
@@ -108,4 +117,4 @@ def _resolve(ref: str, weights: str | None) -> tuple[ViTConfig, dict]:
 
 
 __all__ = ["BlockConfig", "ViTConfig", "VisionTransformer", "SwinConfig", "SwinTransformer", "FAMILIES",
-           "config_from_dict", "LoadedModel", "load_model", "build", "DEFAULT_MODEL", "SUPPORTED"]
+           "config_from_dict", "LoadedModel", "load_model", "build", "weights_note", "DEFAULT_MODEL", "SUPPORTED"]

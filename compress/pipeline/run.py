@@ -201,10 +201,11 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
         eval_key = sha256_json([export_key, export["artifacts"], recipe.model_dump(include={"evaluation", "data"})])
         evaluation = _stage(out / "evaluation.json", eval_key,
                             lambda: _evaluate(reference, state, ctx, export), timings, "evaluation")
+    from ..models import weights_note
     from ..report import write_report
 
     summary = {"recipe": recipe.name, "model": recipe.model, "data": data, "run_dir": str(out), "passes": state.history,
-               "artifacts": export["artifacts"], "evaluation": evaluation}
+               "artifacts": export["artifacts"], "evaluation": evaluation, "weights": weights_note(reference.cfg)}
     write_report(out, summary)
     timings["total"] = time.time() - t_start
     _write_manifest(out, lr, state, export, timings, opts)

@@ -75,8 +75,6 @@ def write_report(run_dir: Path, summary: dict) -> None:
     md = [f"# vitforge report: {summary['recipe']}", "", f"Model: `{summary['model']}`", ""]
     if (summary.get("weights") or {}).get("random"):
         md += [f"**Random weights**: {summary['weights']['note']}.", ""]
-    if (summary.get("weights") or {}).get("random"):
-        md += [f"**Random weights**: {summary['weights']['note']}.", ""]
     if summary.get("data"):
         d = summary["data"]
         md += [f"Data: {d['dataset']}" + (f" (instead of {d['requested']})" if d["dataset"] != d["requested"] else "")

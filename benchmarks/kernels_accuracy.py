@@ -78,7 +78,7 @@ def int8_onnx(state, ev, path: Path, ctx):
     from compress.export.onnx_export import export_onnx
     from compress.export.verify import verify
     from compress.passes.quantize.export_qdq import build_qdq
-    from compress.pipeline.float_view import float_view
+    from compress.models.float_view import float_view
     from compress.runtime import OrtRunner, TorchRunner
     from compress.utils.io import atomic_path
     import onnx

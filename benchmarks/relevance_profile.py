@@ -93,7 +93,7 @@ def layer_errors(model, x: torch.Tensor, widths) -> dict[str, dict[int, float]]:
 
 def feature_damage(model, x: torch.Tensor, bits: dict[str, int] | None = None, ref=None) -> tuple[torch.Tensor, dict]:
     """Pooled features with the given widths applied by RTN (weights restored), and their damage vs ``ref``."""
-    from compress.evaluation.probe import pooled
+    from compress.models.pooling import pooled
     from compress.passes.quantize.relevance import quantizable_layers
 
     layers = {n: m for n, m in quantizable_layers(model).items() if bits and n in bits}

@@ -107,7 +107,7 @@ def _reference_and_recipe(args):
 
 def evaluate(args) -> dict:
     from .evaluation.evaluate import Evaluator
-    from .evaluation.graph_stats import graph_stats
+    from .utils.graph_stats import graph_stats
     from .evaluation.report_eval import latency_of
     from .pipeline.state import load_any
     from .runtime import RUNNERS, TorchRunner

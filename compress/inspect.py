@@ -25,9 +25,9 @@ def structure(model) -> dict:
 
 
 def graph_flops(model) -> dict:
-    from .evaluation.graph_stats import graph_stats
+    from .utils.graph_stats import graph_stats
     from .export.onnx_export import export_onnx
-    from .pipeline.float_view import float_view
+    from .models.float_view import float_view
 
     with tempfile.TemporaryDirectory() as d, float_view(model) as m:
         path = Path(d) / "model.onnx"

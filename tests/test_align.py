@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.passes.align import AlignConfig, AlignPass, OutputMap
+from compress.models.heads import OutputMap
+from compress.passes.align import AlignConfig, AlignPass
 from compress.passes.prune import PruneConfig, PrunePass
 from compress.pipeline.context import RunContext
 from compress.pipeline.state import ModelState

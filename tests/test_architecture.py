@@ -132,7 +132,6 @@ def test_no_cycle_between_packages():
     assert not cycles, f"{len(cycles)} package cycles, e.g. " + "; ".join(" -> ".join(c + [c[0]]) for c in cycles[:5])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: shared libraries being moved below the passes")
 def test_no_pass_imports_another_pass_or_evaluation():
     bad = []
     for m, deps in import_graph().items():

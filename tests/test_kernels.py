@@ -195,7 +195,7 @@ def test_real_vit_activations_errors_within_bounds(real_images):
     assert gelu_errors(acts, "tanh")["max_abs"] <= 5e-4
     table = R.GeluTable("gelu", 64, 6.0)
     assert gelu_errors(acts, "relu-lut", table)["max_abs"] <= lut_bound(table)
-    from compress.evaluation.evaluate import token_cosine
+    from compress.models.pooling import token_cosine
 
     with torch.no_grad():
         exact = model(images)
@@ -234,7 +234,7 @@ def test_quantize_pass_on_top_keeps_the_kernels_and_reloads(tmp_path):
     # and computes the fake-quant model; at opset 17 the approximation's ReduceMax keeps an axes attribute
     from compress.export.onnx_export import export_onnx
     from compress.passes.quantize.export_qdq import build_qdq
-    from compress.pipeline.float_view import float_view
+    from compress.models.float_view import float_view
     from compress.recipes import load_recipe
     from compress.runtime import OrtRunner
 

@@ -157,7 +157,7 @@ def test_swin_onnx_export_verifies(tmp_path):
 
 
 def test_pooled_uses_the_mean_token_without_prefix_tokens():
-    from compress.evaluation.probe import pooled
+    from compress.models.pooling import pooled
 
     t = torch.randn(2, 5, 4)
     assert torch.equal(pooled(t, 0), t.mean(1))

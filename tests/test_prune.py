@@ -12,9 +12,10 @@ import torch_pruning as tp
 from compress.models import build
 from compress.models.vit import BlockConfig, ViTConfig
 from compress.passes.prune import gates, saliency
-from compress.passes.prune.distill import Distiller
+from compress.distill import Distiller
 from compress.passes.prune.latency import Predictor
-from compress.passes.prune.remove import Plan, WidthRestore, apply_plan, check_widths, consumers, dependency_graph
+from compress.models.heads import WidthRestore
+from compress.passes.prune.remove import Plan, apply_plan, check_widths, consumers, dependency_graph
 from compress.passes.prune.select import Limits, Selector
 
 from conftest import tiny_config
@@ -139,7 +140,7 @@ def test_saved_checkpoint_of_pruned_encoder_reloads(tmp_path):
 
 
 def test_pruned_model_exports_verified_onnx_with_counts_from_the_graph(tmp_path):
-    from compress.evaluation.graph_stats import graph_stats
+    from compress.utils.graph_stats import graph_stats
     from compress.export.onnx_export import export_onnx
     from compress.export.verify import verify
     from compress.runtime import OrtRunner

@@ -170,7 +170,7 @@ def _layer_errors(model, x) -> dict[str, dict[int, float]]:
 
 
 def _damage(model, bits, x) -> float:
-    from compress.evaluation.probe import pooled
+    from compress.models.pooling import pooled
 
     saved = {n: m.weight.detach().clone() for n, m in quantizable_layers(model).items()}
     with torch.no_grad():

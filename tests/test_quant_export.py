@@ -19,7 +19,7 @@ from compress.passes.quantize.config import QuantizeConfig
 from compress.passes.quantize.export import tensorrt_view
 from compress.passes.quantize.export_nbits import block_for, build_nbits, pack
 from compress.passes.quantize.export_qdq import build_qdq
-from compress.pipeline.float_view import float_view
+from compress.models.float_view import float_view
 from compress.pipeline.state import ModelState
 from conftest import tiny_config
 

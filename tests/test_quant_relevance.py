@@ -97,7 +97,7 @@ def test_scores_sum_to_one_and_are_deterministic(tiny_model):
 
 
 def test_given_center_matches_the_computed_one(tiny_model):
-    from compress.evaluation.probe import pooled
+    from compress.models.pooling import pooled
 
     x = _images()
     with torch.no_grad():

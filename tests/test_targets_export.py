@@ -100,7 +100,7 @@ class WorkClock:
     process_time = perf_counter
 
     def runners(self, real):
-        from compress.evaluation.graph_stats import graph_stats
+        from compress.utils.graph_stats import graph_stats
 
         def factory(path, threads):
             run, gflops = real(path, threads), graph_stats(path)["gflops"]
@@ -117,7 +117,7 @@ class WorkClock:
 def test_targets_check_passes_a_faster_model_and_fails_a_slow_one(data, monkeypatch):
     """A pruned (smaller) model beats its fp32 baseline in ONNX Runtime; a 50x demand fails, loudly.
     Time is the work clock above (graph GFLOPs per run): the check's own logic, not the machine's load."""
-    from compress.evaluation.graph_stats import graph_stats
+    from compress.utils.graph_stats import graph_stats
     from compress.export.exporters import export_all
     from compress.runtime import RUNNERS
     from compress.targets import check

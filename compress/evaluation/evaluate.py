@@ -17,15 +17,9 @@ from .. import ui
 from ..data import Subset, batches, load_subset
 from ..recipes.schema import DataConfig, EvaluationConfig
 from ..utils.io import cache_dir
-from .probe import LinearProbe, pooled
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+from ..models.pooling import pooled
+from ..utils.fingerprint import model_fingerprint
+from .probe import LinearProbe
 
 
 @dataclass
@@ -170,8 +164,4 @@ def block_sqnr(reference: torch.nn.Module, model: torch.nn.Module, images: torch
             zip(outs["ref"], outs["new"])]
 
 
-def token_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).mean())
-
-
-__all__ = ["Evaluator", "block_sqnr", "token_cosine", "model_fingerprint", "np"]
+__all__ = ["Evaluator", "block_sqnr", "np"]

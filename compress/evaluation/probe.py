@@ -14,17 +14,6 @@ import torch.nn.functional as F
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def pooled(out: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Token outputs [N,T,D] -> [N,2D] (class token, mean of patch tokens); vectors pass through.
-
-    Without prefix tokens (Swin, class-token-free ViTs) there is no class token: the mean token [N,D] alone."""
-    if out.ndim == 2:
-        return out
-    if num_prefix_tokens == 0:
-        return out.mean(1)
-    return torch.cat([out[:, 0], out[:, num_prefix_tokens:].mean(1)], dim=1)
-
-
 def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(x.shape[1], classes, generator=g, dtype=torch.float64) * 1e-3).requires_grad_()

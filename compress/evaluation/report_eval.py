@@ -6,10 +6,11 @@ from pathlib import Path
 import torch
 
 from .. import ui
-from ..pipeline.float_view import float_view
+from ..models.float_view import float_view
 from ..runtime import RUNNERS, TorchRunner
-from .evaluate import Evaluator, block_sqnr, token_cosine
-from .graph_stats import graph_stats
+from ..models.pooling import token_cosine
+from .evaluate import Evaluator, block_sqnr
+from ..utils.graph_stats import graph_stats
 from .latency import measure
 
 

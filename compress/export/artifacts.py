@@ -73,7 +73,7 @@ class ExportRequest:
 
 def export_float_onnx(req: ExportRequest, filename: str | None = None, evaluate: bool = True) -> Artifact:
     """Float ONNX of ``req.state.model`` (its quantizers, if any, disabled), checked and verified."""
-    from ..pipeline.float_view import float_view
+    from ..models.float_view import float_view
 
     cfg = req.recipe.export
     path = req.artifacts_dir / (filename or plain_filename(cfg.onnx.filename))

@@ -5,7 +5,7 @@ import torch
 
 from .. import ui
 from ..errors import UserError, VerificationError
-from ..pipeline.float_view import float_view
+from ..models.float_view import float_view
 from .artifacts import EXPORTERS, Artifact, ExportRequest, clean_stale, export_float_onnx, withdraw
 
 

@@ -5,7 +5,7 @@ Recovery's short low-learning-rate distillation leaves the pruned encoder's feat
 largely linear distortion; a probe or head fitted on the original features reads it as noise. The map
 ``y' = W y + c`` (one D x D linear per token, ~1% of a ViT-S's FLOPs at 257 tokens) is the weighted
 least-squares minimiser of the pooled term of the distillation loss recovery uses
-(``prune.distill.Distiller``): the [class token, mean patch token] vector a probe or head reads, each
+(``compress.distill.Distiller``): the [class token, mean patch token] vector a probe or head reads, each
 sample weighed by 1 / ||teacher pooled||^2 (both halves are affine in the tokens, so the map commutes
 with pooling). ``rows: tokens`` adds the token term (each output token, 1 / ||teacher tokens||^2), for
 dense consumers; on the pruned DINOv2 ViT-S it fitted the pooled features worse (docs/pruning.md).
@@ -25,12 +25,12 @@ from pydantic import Field
 
 from .. import ui
 from ..errors import UserError
-from ..evaluation.probe import pooled
+from ..distill import Distiller, Moments, TeacherTargets
+from ..models.heads import OutputMap
+from ..models.pooling import pooled
 from ..models.vit import VisionTransformer
 from ..pipeline.base import Pass, PassConfig, register_pass
 from ..report import register_section
-from .prune.distill import Distiller, TeacherTargets
-from .prune.reconstruct import Moments
 
 
 class AlignConfig(PassConfig):
@@ -43,21 +43,6 @@ class AlignConfig(PassConfig):
         "pooled", description="pooled: match the [class, mean patch] vectors a probe or head reads; "
         "tokens: also every output token (for dense consumers), weighed as in the distillation loss")
     damp: float = Field(1e-3, ge=0, le=1, description="ridge towards the identity, x the mean diagonal of E[y y^T]")
-
-
-class OutputMap(nn.Module):
-    """The encoder's final norm followed by the fitted linear map (created as the identity)."""
-
-    def __init__(self, norm: nn.Module, dim: int):
-        super().__init__()
-        self.norm = norm
-        self.map = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.map.weight.copy_(torch.eye(dim))
-            self.map.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.map(self.norm(x))
 
 
 def _rows(y: torch.Tensor, t: torch.Tensor, num_prefix: int, tokens: bool):
@@ -120,7 +105,7 @@ class AlignPass(Pass):
         """``images + holdout`` images of the recipe's data that recovery did not distil on: on those the
         pruned model is closer to its teacher than on unseen images, and a map fitted there under-corrects."""
         from ..data import Subset
-        from ..evaluation.evaluate import model_fingerprint
+        from ..utils.fingerprint import model_fingerprint
 
         c, seen = self.config, set()
         self.excluded = 0

@@ -112,7 +112,7 @@ class KernelsPass(Pass):
     summary = "swap attention softmax / MLP GELU for Triton or CUDA kernels and low-cost approximations"
 
     def run(self, state, ctx):
-        from ..evaluation.evaluate import token_cosine
+        from ..models.pooling import token_cosine
 
         model = state.model.eval()
         images = None

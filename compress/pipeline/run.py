@@ -159,7 +159,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
     reference = load_any(recipe.model, recipe.weights)
     timings["load_model"] = time.time() - t
     data = _data_source(recipe.data.path)
-    from ..evaluation.evaluate import model_fingerprint
+    from ..utils.fingerprint import model_fingerprint
 
     start = sha256_json({"model": recipe.model, "weights": recipe.weights, "fp": model_fingerprint(reference.model),
                          "seed": recipe.seed})

@@ -19,7 +19,7 @@ from ... import ui
 from ...export.artifacts import Artifact, ExportRequest, register_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, compare, verify
 from ...models.vit import MatMul
-from ...pipeline.float_view import float_view
+from ...models.float_view import float_view
 from ...runtime import TorchRunner
 from ...utils.io import atomic_path
 from ..runners import ExecuTorchRunner, quiet_imports

@@ -16,7 +16,7 @@ from ... import ui
 from ...errors import UserError
 from ...export.artifacts import Artifact, ExportRequest, register_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, verify
-from ...pipeline.float_view import float_view
+from ...models.float_view import float_view
 from ...runtime import OrtRunner, TorchRunner
 from ..runners import OV_PRECISION_KEY, OpenVINORunner
 from . import art_precision, baseline_onnx, nearest, onnx_graphs, rel, target_dir, verify_limits, wanted_precisions

@@ -16,7 +16,7 @@ from ... import ui
 from ...errors import VerificationError
 from ...export.artifacts import Artifact, ExportRequest, register_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, verify
-from ...pipeline.float_view import float_view
+from ...models.float_view import float_view
 from ...runtime import OrtRunner, TorchRunner
 from ...utils.io import atomic_dir, sha256_file, write_json
 from ..exporters import art_precision, baseline_onnx, nearest, onnx_graphs, rel, target_dir, wanted_precisions

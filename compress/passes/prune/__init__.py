@@ -5,9 +5,9 @@
 
 Modules: ``gates`` (per-sample structure gates), ``saliency`` (Hessian / magnitude / Taylor),
 ``select`` (latency-aware global greedy), ``remove`` (physical removal with Torch-Pruning),
-``distill`` (KD loss, teacher cache, recovery), ``latency`` (predicted and measured), ``pruner``
-(the pass), ``report`` (its report section). See docs/pruning.md.
+``latency`` (predicted and measured), ``pruner`` (the pass; distillation recovery from
+``compress.distill``), ``report`` (its report section). See docs/pruning.md.
 """
 from . import report  # noqa: F401  registers the report section
 from .pruner import PruneConfig, PrunePass  # noqa: F401
-from .remove import Plan, WidthRestore, apply_plan  # noqa: F401
+from .remove import Plan, apply_plan  # noqa: F401

@@ -59,7 +59,7 @@ class OrtTimer:
 
     def __init__(self, model, threads: int = 1, opset: int = 17):
         from ...export.onnx_export import export_onnx
-        from ...pipeline.float_view import float_view
+        from ...models.float_view import float_view
         from ...runtime import ort_session
 
         self._dir = tempfile.TemporaryDirectory(prefix="vitforge-prune-")
@@ -72,7 +72,7 @@ class OrtTimer:
         self.feed = {self.session.get_inputs()[0].name: x.numpy()}
 
     def stats(self) -> dict:
-        from ...evaluation.graph_stats import graph_stats
+        from ...utils.graph_stats import graph_stats
 
         s = graph_stats(self.path)
         return {"params": s["params"], "gflops": round(s["gflops"], 4)}

@@ -3,7 +3,7 @@
 Each iteration scores every head, QK/V dim chunk, MLP unit chunk and embedding channel chunk of the
 whole model on one scale (``saliency.py``), removes the least loss per millisecond saved until the
 iteration's predicted latency budget is met (``select.py``), really removes the weights
-(``remove.py``) and recovers by distillation from the unpruned model (``distill.py``). Budgets go
+(``remove.py``) and recovers by distillation from the unpruned model (``compress.distill``). Budgets go
 geometrically from the original to the target; the pruned model is then exported and timed in ONNX
 Runtime against the original, and pruned further until the measured ratio meets the target.
 """
@@ -24,7 +24,7 @@ from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
 from . import compensate, remove, saliency
 from .reconstruct import reconstruct
-from .distill import Distiller, TeacherTargets, distill, teacher_outputs
+from ...distill import Distiller, TeacherTargets, distill, teacher_outputs
 from .latency import OrtTimer, Predictor, best_ms, load
 from .select import STRUCTURES, Limits, Selector
 
@@ -148,7 +148,7 @@ class PrunePass(Pass):
         self.t_calib = teacher_outputs(teacher, self.calib)
         orig = OrtTimer(model, c.measure.threads) if c.measure.enabled else None
         r = c.recovery
-        from ...evaluation.evaluate import model_fingerprint
+        from ...utils.fingerprint import model_fingerprint
 
         targets = TeacherTargets(teacher, ctx.data(r.split, r.images, seed=r.seed), model_fingerprint(teacher),
                                  ctx.recipe.data.batch_size, disk=r.cache_teacher)

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ...models.heads import WidthRestore
+
 from ...models.vit import BlockConfig, LayerScale
 from . import compensate
 
@@ -40,30 +42,6 @@ class Plan:
 
     def empty(self) -> bool:
         return not any(self.counts().values())
-
-
-class WidthRestore(nn.Module):
-    """Final norm of an encoder whose residual width was pruned: a linear lift of the D' stream back
-    to the D output features downstream consumers (probes, heads) were fitted on, then the LayerNorm.
-    Created as the identity on the kept channels, so it changes nothing until distillation trains it."""
-
-    def __init__(self, in_dim: int, out_dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
-        self.norm = nn.LayerNorm(out_dim, eps=eps)
-
-    @classmethod
-    def around(cls, norm: nn.LayerNorm) -> "WidthRestore":
-        d = norm.normalized_shape[0]
-        m = cls(d, d, norm.eps)
-        with torch.no_grad():
-            m.proj.weight.copy_(torch.eye(d))
-            m.proj.bias.zero_()
-            m.norm.load_state_dict(norm.state_dict())
-        return m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x))
 
 
 def output_width(model) -> int | None:

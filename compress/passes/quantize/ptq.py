@@ -68,7 +68,7 @@ def _run(fn: Callable, xs) -> torch.Tensor:
 # -- 1. reparameterization ------------------------------------------------------------------------
 def _output_map(model) -> list[tuple]:
     """The final LayerNorm and the align pass's linear map reading it, if there is one."""
-    from ..align import OutputMap
+    from ...models.heads import OutputMap
 
     if not isinstance(model.norm, OutputMap):
         return []

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import UserError
-from ...evaluation.probe import pooled
+from ...models.pooling import pooled
 from ...models.vit import MatMul, Softmax, VisionTransformer
 
 RULES = ("attnlrp", "cp")

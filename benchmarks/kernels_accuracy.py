@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from compress.evaluation.evaluate import Evaluator
     from compress.pipeline.context import RunContext
-    from compress.pipeline.state import load_any
+    from compress.pipeline.checkpoint import load_any
     from compress.recipes.schema import DataConfig, EvaluationConfig, Recipe
     from compress.utils.io import write_json
 

@@ -29,7 +29,7 @@ LOCK = "/tmp/vitforge-bench.lock"
 
 def run_variant(name: str, out: Path, extra: list[str]) -> dict:
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     base, _, quant = name.partition("+")
     crit, _, target = base.removesuffix("-oneshot").partition("@")
@@ -108,8 +108,8 @@ def add_refit(results: dict) -> None:
     """Own-probe top-1 (``evaluation.probe_refit``) for artifacts scored without it: a probe fitted on the
     artifact's own features of the same train images, as the fp32 probe was on the fp32 model's."""
     from compress.evaluation.evaluate import Evaluator
-    from compress.pipeline.state import load_any
-    from compress.recipes import load_recipe
+    from compress.pipeline.checkpoint import load_any
+    from compress.pipeline.plan import load_recipe
     from compress.runtime import OrtRunner
 
     for res in results.values():
@@ -128,8 +128,8 @@ def add_full_test(results: dict, count: int) -> None:
     """Fixed-probe scores of every artifact on ``count`` test images (the run's probe, fp32 reference
     features of the same images): a tighter estimate than the runs' own 2,000."""
     from compress.evaluation.evaluate import Evaluator
-    from compress.pipeline.state import load_any
-    from compress.recipes import load_recipe
+    from compress.pipeline.checkpoint import load_any
+    from compress.pipeline.plan import load_recipe
     from compress.runtime import OrtRunner
 
     for res in results.values():

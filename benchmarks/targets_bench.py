@@ -210,7 +210,7 @@ def runner_for(a: dict):
 def bench_model(ref: str, args, earlier: dict | None = None) -> dict:
     from compress.evaluation.evaluate import Evaluator
     from compress.pipeline.run import seed_everything
-    from compress.pipeline.state import load_any
+    from compress.pipeline.checkpoint import load_any
     from compress.recipes.schema import DataConfig, EvaluationConfig
     from compress.targets.latency import load_latency_model, roofline_model
 

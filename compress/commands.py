@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import ui
 from .errors import UserError
-from .recipes import load_recipe
+from .pipeline.plan import load_recipe
 
 
 def _print(text: str) -> None:
@@ -83,7 +83,7 @@ def out_dir(path: str | Path) -> Path:
 def inspect(args) -> dict:
     from .data import load_subset
     from .inspect import activation_stats, format_text, graph_flops, structure
-    from .pipeline.state import load_any
+    from .pipeline.checkpoint import load_any
 
     state = load_any(args.model, args.weights)
     info = structure(state.model) | graph_flops(state.model)
@@ -98,7 +98,7 @@ def inspect(args) -> dict:
 
 
 def _reference_and_recipe(args):
-    from .pipeline.state import load_any
+    from .pipeline.checkpoint import load_any
 
     lr = load_recipe(args.recipe, args.set, model=None, data=args.data)
     ref_name = getattr(args, "reference", None) or lr.recipe.model
@@ -109,7 +109,7 @@ def evaluate(args) -> dict:
     from .evaluation.evaluate import Evaluator
     from .utils.graph_stats import graph_stats
     from .evaluation.report_eval import latency_of
-    from .pipeline.state import load_any
+    from .pipeline.checkpoint import load_any
     from .runtime import RUNNERS, TorchRunner
     from . import targets as _  # noqa: F401  registers the executorch and openvino runners
 
@@ -148,7 +148,7 @@ def export(args) -> dict:
     from .evaluation.evaluate import Evaluator
     from .export.exporters import export_all
     from .pipeline.context import RunContext
-    from .pipeline.state import load_any
+    from .pipeline.checkpoint import load_any
     from .utils.io import sha256_file, write_json
 
     out = out_dir(args.out)

@@ -16,6 +16,7 @@ from compress.passes.prune import PruneConfig, PrunePass
 from compress.pipeline.context import RunContext
 from compress.pipeline.state import ModelState
 from compress.recipes.schema import Recipe
+from compress.pipeline.checkpoint import load_checkpoint
 
 from test_prune_pass import _tiny_state
 
@@ -100,7 +101,7 @@ def test_prune_align_int8_recipe_reloads_exports_and_folds_the_final_norm(tmp_pa
     checkpoint rebuilds from its config, the map's input range is reparameterized like every post-LayerNorm
     linear, and the INT8 graph verifies against the pruned model and is scored."""
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     _tiny_state().save(tmp_path / "tiny")
     small = {"roofline": True, "saliency": {"images": 8, "batch_size": 4}, "reconstruct": {"images": 8}, "iterations": 1,
@@ -117,10 +118,10 @@ def test_prune_align_int8_recipe_reloads_exports_and_folds_the_final_norm(tmp_pa
     align = summary["passes"][1]
     assert align["images"] == 8 and align["pooled_loss_after"] < align["pooled_loss_before"]
     assert "images the fit did not see" in (out / "report.md").read_text()
-    back, _ = ModelState.load(out / "passes" / "02-align")
+    back, _ = load_checkpoint(out / "passes" / "02-align")
     assert isinstance(back.model.norm, OutputMap)
     x = torch.randn(2, 3, 32, 32)
-    ref, _ = ModelState.load(out / "passes" / "01-prune")
+    ref, _ = load_checkpoint(out / "passes" / "01-prune")
     with torch.inference_mode():
         assert not torch.allclose(back.model(x), ref.model(x))  # the map is not the identity
     quant = summary["passes"][-1]

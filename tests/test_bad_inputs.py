@@ -159,7 +159,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipes_validate(path):
     """Every recipe we ship composes and its pass configs validate (a typo there would only show at run time)."""
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     lr = load_recipe(path, [])
     assert lr.recipe.name == path.stem
@@ -168,7 +168,7 @@ def test_shipped_recipes_validate(path):
 
 def test_int4_vit_fast_keeps_the_int4_vit_budget_with_per_channel_weights():
     """Same 4-bit average, activations and exports; only the weight layout (and its calibration) differ."""
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     root = Path(__file__).resolve().parents[1] / "recipes"
     (qa,), (qf,) = ([p.config for n, p in load_recipe(root / f"{r}.yaml", []).passes if n == "quantize"]

@@ -269,7 +269,7 @@ def test_wheel_runs_shipped_recipes_by_name_from_an_empty_folder(tmp_path):
 
 
 def test_a_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     (tmp_path / "int4-vit.yaml").write_text("name: mine\nmodel: timm:test_vit\n")
     monkeypatch.chdir(tmp_path)

@@ -17,6 +17,7 @@ from compress.kernels import KernelGELU, KernelSoftmax, reference as R
 from compress.kernels.measure import capture_inputs, gelu_errors, softmax_errors
 from compress.models.vit import Softmax
 from compress.passes.kernels import KernelsConfig, apply, lut_error
+from compress.pipeline.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -171,7 +172,7 @@ def test_approximations_export_to_plain_onnx_and_checkpoint_reloads(tmp_path):
     # the pass record rebuilds the modules before a checkpoint's weights load
     state = ModelState(model, "tiny", [{"name": "kernels", "type": "kernels", "config": cfg.model_dump(), **rec}])
     state.save(tmp_path / "ckpt")
-    loaded, _ = ModelState.load(tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
     assert isinstance(loaded.model.blocks[1].mlp.act, KernelGELU) and loaded.model.blocks[1].mlp.act.spec.entries == 4
     with torch.no_grad():
         assert torch.equal(loaded.model(x), approx)
@@ -227,7 +228,7 @@ def test_quantize_pass_on_top_keeps_the_kernels_and_reloads(tmp_path):
         quant = model(x)
     assert torch.nn.functional.cosine_similarity(quant.flatten(1), approx.flatten(1)).min() > 0.999
     state.save(tmp_path / "ckpt")
-    loaded, _ = ModelState.load(tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded.model(x), quant)
     # the Q/DQ graph (raised to opset 21) of a float graph exported as the recipe does (opset 18) runs in ORT
@@ -235,7 +236,7 @@ def test_quantize_pass_on_top_keeps_the_kernels_and_reloads(tmp_path):
     from compress.export.onnx_export import export_onnx
     from compress.passes.quantize.export_qdq import build_qdq
     from compress.models.float_view import float_view
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
     from compress.runtime import OrtRunner
 
     opset = load_recipe(str(Path(__file__).parents[1] / "recipes" / "kernels-int8.yaml"), []).recipe.export.onnx.opset

@@ -11,6 +11,7 @@ from compress.errors import UserError
 from compress.models import build, config_from_dict, load_model, timm_vit
 from compress.models.swin import SwinConfig, SwinTransformer, shift_mask
 from compress.models.vit import Attention, Mlp, Softmax
+from compress.pipeline.checkpoint import is_checkpoint, load_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,8 +122,8 @@ def test_swin_checkpoint_roundtrip(tmp_path):
     state = ModelState(build(cfg, sd), f"timm:{SWIN}")
     state.save(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert meta["vit"]["family"] == "swin" and ModelState.is_checkpoint(tmp_path / "ckpt")
-    loaded, _ = ModelState.load(tmp_path / "ckpt")
+    assert meta["vit"]["family"] == "swin" and is_checkpoint(tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
     assert isinstance(loaded.model, SwinTransformer) and loaded.cfg == cfg
     x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
     with torch.no_grad():
@@ -134,7 +135,7 @@ def test_vit_checkpoint_without_family_still_loads(tmp_path, tiny_model):
 
     ModelState(tiny_model, "tiny").save(tmp_path / "vit")
     assert "family" not in json.loads((tmp_path / "vit" / "config.json").read_text())["vit"]
-    loaded, _ = ModelState.load(tmp_path / "vit")
+    loaded, _ = load_checkpoint(tmp_path / "vit")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), tiny_model(x))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from compress.pipeline.state import ModelState
+from compress.pipeline.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,7 +72,7 @@ def test_kill_9_then_resume_gives_identical_artifacts(tmp_path, image_folder):
     assert p.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
     assert not any("done in" in x for x in seen[seen.index(next(x for x in seen if x.startswith("[2/2]"))):])
     assert not (out / "passes" / "02-quantize").exists()  # the killed pass left nothing behind ...
-    ModelState.load(out / "passes" / "01-fold")  # ... and the finished one is intact
+    load_checkpoint(out / "passes" / "01-fold")  # ... and the finished one is intact
     r = subprocess.run(_cmd(recipe, out, "--resume"), env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _artifact_hashes(out) == want

@@ -17,6 +17,7 @@ from compress.passes.prune.latency import Predictor
 from compress.models.heads import WidthRestore
 from compress.passes.prune.remove import Plan, apply_plan, check_widths, consumers, dependency_graph
 from compress.passes.prune.select import Limits, Selector
+from compress.pipeline.checkpoint import load_checkpoint
 
 from conftest import tiny_config
 
@@ -133,7 +134,7 @@ def test_saved_checkpoint_of_pruned_encoder_reloads(tmp_path):
     apply_plan(m, Plan(embed=list(range(8))))
     state = ModelState(m, "tiny", [{"name": "prune", "type": "prune", "output_width": 64}])
     state.save(tmp_path / "ckpt")
-    back, _ = ModelState.load(tmp_path / "ckpt")
+    back, _ = load_checkpoint(tmp_path / "ckpt")
     assert back.cfg.embed_dim == 56 and isinstance(back.model.norm, WidthRestore)
     with torch.no_grad():
         assert torch.equal(back.model(x), m(x))

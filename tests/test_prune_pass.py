@@ -14,6 +14,7 @@ from compress.passes.prune import PruneConfig, PrunePass, pruner
 from compress.pipeline.context import RunContext
 from compress.pipeline.state import ModelState
 from compress.recipes.schema import Recipe
+from compress.pipeline.checkpoint import load_checkpoint
 
 from conftest import tiny_config
 
@@ -35,7 +36,7 @@ def _tiny_state() -> ModelState:
 
 def test_recipe_run_prunes_exports_and_reports(tmp_path, image_folder):
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     _tiny_state().save(tmp_path / "tiny")
     recipe = tmp_path / "r.yaml"
@@ -55,7 +56,7 @@ export: {{verify: {{images: 2}}}}
     assert rec["pruned"]["params"] < rec["original"]["params"] and rec["pruned"]["gflops"] < rec["original"]["gflops"]
     assert len(rec["steps"]) == 2 and rec["recovery"]["steps"] == 2
     assert all(len(s["stream_error"]) == 3 for s in rec["steps"])  # reconstructed after every step
-    back, _ = ModelState.load(out / "passes" / "01-prune")  # rebuilds from its config alone
+    back, _ = load_checkpoint(out / "passes" / "01-prune")  # rebuilds from its config alone
     assert back.cfg.to_dict() == summary_cfg(out)
     model_row = next(r for r in summary["evaluation"]["rows"] if r["name"] == "onnx-fp32")
     assert model_row["params"] == sum(p.numel() for p in back.model.parameters())
@@ -132,7 +133,7 @@ def test_unknown_target_and_non_vit_models_give_one_line_errors(tmp_path, image_
 
 def test_pruned_encoder_with_lifted_output_quantizes_to_a_verified_int8_graph(tmp_path, image_folder):
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     _tiny_state().save(tmp_path / "tiny")
     prune = FAST | {"latency_target": 0.8, "iterations": 1, "structures": ["embed"], "min_embed": 0.5,

@@ -13,6 +13,7 @@ import torch
 from compress.models import build
 from compress.pipeline.state import ModelState
 from compress.utils.io import sha256_file
+from compress.pipeline.checkpoint import load_checkpoint
 from conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(600)
@@ -54,7 +55,7 @@ class SlowClock:
 def test_two_runs_give_byte_identical_artifacts_whatever_the_load(tmp_path, image_folder, monkeypatch):
     from compress.passes.quantize import reconstruct
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     recipe = load_recipe(_recipe(tmp_path, image_folder))
     runs = {}
@@ -76,15 +77,15 @@ def test_two_runs_give_byte_identical_artifacts_whatever_the_load(tmp_path, imag
         assert all(r["steps"] == ITERS for r in rec["reconstruction"])  # every block, all its steps
         assert f"steps per block: 0: {ITERS}, 1: {ITERS}" in (out / "report.md").read_text()
     assert hashes["quiet"] == hashes["loaded"]
-    a, _ = ModelState.load(runs["quiet"][1] / "passes" / "02-quantize")
-    b, _ = ModelState.load(runs["loaded"][1] / "passes" / "02-quantize")
+    a, _ = load_checkpoint(runs["quiet"][1] / "passes" / "02-quantize")
+    b, _ = load_checkpoint(runs["loaded"][1] / "passes" / "02-quantize")
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_a_wall_clock_budget_is_refused_with_the_fix(tmp_path, image_folder):
     from compress.errors import UserError
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     r = _recipe(tmp_path, image_folder)
     r.write_text(r.read_text().replace('"batch": 2}', '"batch": 2, "time_budget_s": 60}'))

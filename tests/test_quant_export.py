@@ -21,6 +21,7 @@ from compress.passes.quantize.export_nbits import block_for, build_nbits, pack
 from compress.passes.quantize.export_qdq import build_qdq
 from compress.models.float_view import float_view
 from compress.pipeline.state import ModelState
+from compress.pipeline.checkpoint import load_checkpoint
 from conftest import tiny_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -173,7 +174,7 @@ def test_tensorrt_flavour_is_symmetric_and_falls_back_with_a_message(tmp_path):
 
 def test_recipe_quantizes_exports_verifies_and_reloads(tmp_path, image_folder):
     from compress.pipeline.run import RunOptions, run_recipe
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     torch.manual_seed(0)
     m = build(tiny_config(embed_dim=64, depth=2, num_heads=2)).eval()
@@ -207,8 +208,8 @@ export: {{verify: {{images: 2}}}}
     # artifact computes, and not what the float model before the pass computes
     from compress.runtime import OrtRunner
 
-    back, _ = ModelState.load(out / "passes" / "02-quantize")
-    before, _ = ModelState.load(out / "passes" / "01-fold")
+    back, _ = load_checkpoint(out / "passes" / "02-quantize")
+    before, _ = load_checkpoint(out / "passes" / "01-fold")
     x = X[:2, :, :32, :32]
     with torch.no_grad():
         got, flt = back.model(x), before.model(x)
@@ -223,7 +224,7 @@ export: {{verify: {{images: 2}}}}
                                        ({"mixed": {"candidates": [1, 4]}}, "2..8"),
                                        ({"activations": {"bits": None}, "attention": {"quantize": True}}, "weight-only")])
 def test_bad_configs_are_one_line_errors(tmp_path, bad, what):
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
 
     r = tmp_path / "r.yaml"
     r.write_text(f"name: bad\npasses:\n  quantize: {json.dumps(bad)}\n")

@@ -42,7 +42,7 @@ def test_nearest_precision_is_said():
 
 def test_recipe_target_entries_and_checks(tmp_path):
     from compress.errors import UserError
-    from compress.recipes import load_recipe
+    from compress.pipeline.plan import load_recipe
     from compress.targets import load_profile
 
     r = tmp_path / "r.yaml"

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from compress.errors import VerificationError
+from compress.pipeline.checkpoint import load_checkpoint
 
 
 def _chaos(x):
@@ -264,13 +265,13 @@ def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
 
     ckpt = _checkpoint(tmp_path, edit)
     with pytest.raises(UserError, match=what):  # the 50 x 8192-wide config (40G params, 160 GB) is refused unallocated
-        ModelState.load(ckpt)
+        load_checkpoint(ckpt)
 
 
 def test_checkpoint_loads_after_the_header_check(tmp_path):
     from compress.pipeline.state import ModelState
 
-    st, _ = ModelState.load(_checkpoint(tmp_path))
+    st, _ = load_checkpoint(_checkpoint(tmp_path))
     assert st.cfg.patch_size == 8 and next(st.model.parameters()).device.type == "cpu"
 
 

@@ -46,6 +46,10 @@ EXPORTERS: dict[str, ExporterFn] = {}
 
 def register_exporter(name: str):
     def deco(fn: ExporterFn) -> ExporterFn:
+        old = EXPORTERS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"exporter {name!r} is registered twice ({old.__module__}.{old.__qualname__} and "
+                             f"{fn.__module__}.{fn.__qualname__})")
         EXPORTERS[name] = fn
         return fn
 

@@ -62,6 +62,7 @@ class AlignPass(Pass):
     name = "align"
     Config = AlignConfig
     summary = "least-squares linear map after the final norm, matching the fp32 teacher's features"
+    forbid_after = {"quantize": "align adds a float linear layer"}
 
     def run(self, state, ctx):
         c, model, teacher = self.config, state.model, ctx.reference.model.eval()

@@ -31,10 +31,11 @@ import yaml
 from .. import ui
 from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
-from ..recipes import LoadedRecipe
+from .plan import LoadedRecipe
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
 from .context import RunContext
-from .state import ModelState, load_any
+from .checkpoint import load_any, load_checkpoint
+from .state import ModelState
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"  # flock-ed for the whole run; holds the pid while held
@@ -175,7 +176,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
         ckpt = out / "passes" / folder
         meta = _read_json(ckpt / "config.json")
         if meta and meta.get("chain") == chain:
-            state, _ = ModelState.load(ckpt)
+            state, _ = load_checkpoint(ckpt)
             timings[f"pass:{name}"] = meta.get("seconds", 0.0)
             resumed += 1
             ui.info(f"[{i + 1}/{len(lr.passes)}] {name}: finished earlier, reusing {ckpt}")
@@ -187,7 +188,8 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
         t = time.time()
         record = p.run(state, ctx) or {}
         dt = time.time() - t
-        state.history.append({"name": name, "type": p.name, "config": p.config.model_dump(), **record})
+        state.history.append({"name": name, "type": p.name, "config": p.config.model_dump(),
+                                  "config_version": p.Config.VERSION, **record})
         state.save(ckpt, {"chain": chain, "seconds": dt, "pass": name})
         timings[f"pass:{name}"] = dt
         ui.info(f"    done in {dt:.1f}s -> {ckpt}")

@@ -22,9 +22,10 @@ MAX_EXTENDS = 8
 
 
 @dataclass
-class LoadedRecipe:
+class RecipeData:
+    """A recipe read, composed and validated as data; its passes are bound to Pass objects by the pipeline
+    (``compress.pipeline.plan``)."""
     recipe: Recipe
-    passes: list[tuple[str, object]]  # (name, Pass instance) in order
     raw: dict  # the merged recipe, as run
     origins: dict = field(default_factory=dict)
     path: Path | None = None
@@ -149,11 +150,9 @@ def _format(err: ValidationError, model_cls: type[BaseModel], origins: dict, pre
     return UserError(f"{where}: {key}: {e['msg'].lower()} (got {got_s})", "fix the value")
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None, model: str | None = None,
-                data: str | None = None) -> LoadedRecipe:
-    """Read, compose, override and validate a recipe; instantiate its passes."""
-    from ..pipeline.base import available_passes
-
+def read_recipe(path: str | Path | None, overrides: list[str] | None = None, model: str | None = None,
+                data: str | None = None) -> RecipeData:
+    """Read, compose, override and validate a recipe as data (no pass is imported or instantiated)."""
     if path is not None:
         path = resolve_recipe(path)
         raw, origins = _read(path)
@@ -175,29 +174,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise _format(e, Recipe, origins) from None
-    registry = available_passes()
-    passes = []
-    for name, cfg in recipe.passes.items():
-        cfg = dict(cfg or {})
-        ptype = cfg.pop("type", name)
-        if not isinstance(ptype, str):
-            raise UserError(f"{_where(origins, ('passes', name, 'type'))}: passes.{name}.type must be one pass name, "
-                            f"not a {type(ptype).__name__}", f"available passes: {', '.join(sorted(registry))}")
-        if ptype not in registry:
-            close = difflib.get_close_matches(str(ptype), list(registry), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"available passes: {', '.join(sorted(registry))}"
-            raise UserError(f"{_where(origins, ('passes', name))}: unknown pass {ptype!r} at passes.{name}", hint)
-        cls = registry[ptype]
-        try:
-            config = cls.Config.model_validate(cfg)
-        except ValidationError as e:
-            raise _format(e, cls.Config, origins, ("passes", name)) from None
-        passes.append((name, cls(config)))
-    _check_targets(recipe, origins)
-    return LoadedRecipe(recipe, passes, raw, origins, path)
+    return RecipeData(recipe, raw, origins, path)
 
 
-def _check_targets(recipe: Recipe, origins: dict) -> None:
+def check_targets(recipe: Recipe, origins: dict) -> None:
+    """Every target a recipe names is a known device profile and its exporters are known."""
     if not recipe.targets:
         return
     from ..targets import list_profiles
@@ -220,4 +201,6 @@ def _check_targets(recipe: Recipe, origins: dict) -> None:
             raise UserError(f"{_where(origins, ('targets', i))}: unknown target {t!r} at targets.{i}", hint)
 
 
-__all__ = ["load_recipe", "LoadedRecipe", "Recipe"]
+__all__ = ["RecipeData", "Recipe", "check_targets", "read_recipe", "where", "format_error"]
+
+where, format_error = _where, _format

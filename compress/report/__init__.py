@@ -13,6 +13,10 @@ SECTIONS: dict[str, Callable[[dict, Path], str]] = {}
 
 def register_section(pass_type: str):
     def deco(fn):
+        old = SECTIONS.get(pass_type)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"report section {pass_type!r} is registered twice ({old.__module__}.{old.__qualname__} "
+                             f"and {fn.__module__}.{fn.__qualname__})")
         SECTIONS[pass_type] = fn
         return fn
 

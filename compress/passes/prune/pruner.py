@@ -114,6 +114,7 @@ class PrunePass(Pass):
     name = "prune"
     Config = PruneConfig
     summary = "NViT global structural pruning (heads, QK/V dims, MLP, embedding) to a measured latency target"
+    forbid_after = {"align": "align fits its map to the pruned model"}
 
     def run(self, state, ctx):
         c, model, teacher = self.config, state.model, ctx.reference.model.eval()

@@ -40,6 +40,7 @@ class QuantizePass(Pass):
     name = "quantize"
     Config = QuantizeConfig
     summary = "ViT-aware PTQ: post-LN reparameterization, GPTQ weights, SULQ softmax, LRP mixed precision"
+    forbid_after = {"quantize": "the model is already quantized"}
 
     def run(self, state, ctx):
         cfg: QuantizeConfig = self.config

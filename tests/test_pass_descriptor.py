@@ -1,0 +1,103 @@
+"""Each pass declares its ordering rules and config version as data; they are checked before anything runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from compress.errors import UserError
+from compress.pipeline.base import Pass, PassConfig, available_passes, register_pass
+from compress.pipeline.plan import load_recipe
+
+
+def _recipe(tmp_path, passes: str):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\npasses:\n" + textwrap.indent(textwrap.dedent(passes), "  "))
+    return p
+
+
+@pytest.mark.parametrize("passes,match", [
+    ("align: {}\nprune: {}\n", r"passes\.prune \(prune\) cannot run after passes\.align \(align\)"),
+    ("quantize: {}\nalign: {}\n", r"passes\.align \(align\) cannot run after passes\.quantize \(quantize\)"),
+    ("q1: {type: quantize}\nfold: {}\nq2: {type: quantize}\n", r"passes\.q2 \(quantize\) cannot run after passes\.q1"),
+])
+def test_bad_order_is_refused_when_the_recipe_loads(tmp_path, passes, match):
+    with pytest.raises(UserError, match=match):
+        load_recipe(_recipe(tmp_path, passes))
+
+
+def test_good_order_loads(tmp_path):
+    lr = load_recipe(_recipe(tmp_path, "prune: {}\nalign: {}\nfold: {}\nquantize: {}\n"))
+    assert [p.name for _, p in lr.passes] == ["prune", "align", "fold", "quantize"]
+
+
+def test_bad_order_exits_2_in_seconds_before_any_pass_runs(tmp_path):
+    out = tmp_path / "run"
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "compress", "--recipe", str(_recipe(tmp_path, "align: {}\nprune: {}\n")),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "cannot run after" in r.stderr.strip().splitlines()[-1]
+    assert time.time() - t0 < 60 and not (out / "passes").exists()
+
+
+def test_rules_are_data_on_each_pass():
+    reg = available_passes()
+    assert "align" in reg["prune"].forbid_after and "quantize" in reg["align"].forbid_after
+    assert "quantize" in reg["quantize"].forbid_after
+    assert all(isinstance(c.Config.VERSION, int) for c in reg.values())
+
+
+def test_must_follow_is_checked(tmp_path, monkeypatch):
+    from compress.pipeline import base
+
+    class NeedsFold(Pass):
+        name = "needs-fold-test"
+        Config = PassConfig
+        must_follow = ("fold",)
+
+    monkeypatch.setitem(base.PASSES, NeedsFold.name, NeedsFold)
+    with pytest.raises(UserError, match=r"needs fold to run before it"):
+        load_recipe(_recipe(tmp_path, "needs-fold-test: {}\n"))
+    assert [n for n, _ in load_recipe(_recipe(tmp_path, "fold: {}\nneeds-fold-test: {}\n")).passes][-1] == \
+        "needs-fold-test"
+
+
+def test_duplicate_registration_is_an_error(monkeypatch):
+    from compress.export import artifacts
+    from compress import report
+    from compress.pipeline import base
+
+    monkeypatch.setattr(base, "PASSES", dict(available_passes()))
+    with pytest.raises(ValueError, match="pass 'fold' is registered twice"):
+        register_pass(type("OtherFold", (Pass,), {"name": "fold", "__module__": "elsewhere"}))
+    again = base.PASSES["fold"]
+    assert register_pass(again) is again  # the same definition (e.g. a reloaded module) is not a duplicate
+
+    monkeypatch.setattr(artifacts, "EXPORTERS", {})
+    artifacts.register_exporter("x")(lambda req: [])
+    with pytest.raises(ValueError, match="exporter 'x' is registered twice"):
+        def other(req):
+            return []
+        artifacts.register_exporter("x")(other)
+
+    monkeypatch.setattr(report, "SECTIONS", {})
+    report.register_section("p")(lambda rec, d: "")
+    with pytest.raises(ValueError, match="report section 'p' is registered twice"):
+        def section(rec, d):
+            return ""
+        report.register_section("p")(section)
+
+
+def test_a_stored_config_of_another_version_is_refused(tmp_path, tiny_model, monkeypatch):
+    from compress.pipeline.checkpoint import load_checkpoint
+    from compress.pipeline.state import ModelState
+
+    ModelState(tiny_model, "tiny", [{"name": "fold", "type": "fold", "config_version": 1}]).save(tmp_path / "a")
+    assert load_checkpoint(tmp_path / "a")[0].history[0]["type"] == "fold"
+    monkeypatch.setattr(available_passes()["fold"].Config, "VERSION", 2)
+    with pytest.raises(UserError, match=r"config version 1, this vitforge reads version 2"):
+        load_checkpoint(tmp_path / "a")

@@ -310,14 +310,17 @@ def verify_codes(onnx_path, model: nn.Module, images: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    out = {"kernels": len(mods), "codes": 0, "kernel_mismatches": 0, "model_input_equal": 0, "model_output_equal": 0}
+    out = {"kernels": len(mods), "codes": 0, "kernel_mismatches": 0, "model_input_equal": 0, "model_output_equal": 0,
+           "per_kernel_model_output_equal": {}}
     for p, m in mods.items():
         i_ort, o_ort = got[taps[p][0]], got[taps[p][1]]
         ref = (softmax_codes if m.kind == "softmax" else gelu_codes)(torch.from_numpy(i_ort.astype(np.int32)), m.k)
         out["codes"] += o_ort.size
         out["kernel_mismatches"] += int((ref.numpy() != o_ort).sum())
         out["model_input_equal"] += int((seen[p][0].numpy() == i_ort).sum())
-        out["model_output_equal"] += int((seen[p][1].numpy() == o_ort).sum())
+        same = int((seen[p][1].numpy() == o_ort).sum())
+        out["model_output_equal"] += same
+        out["per_kernel_model_output_equal"][p] = same / max(o_ort.size, 1)
     n = max(out["codes"], 1)
     out["kernel_codes_equal"] = out["kernel_mismatches"] == 0
     out["model_input_codes_equal"] = out.pop("model_input_equal") / n

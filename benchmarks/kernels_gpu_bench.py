@@ -11,6 +11,9 @@ Needs a CUDA GPU (Triton; nvcc for the CUDA C++ kernels, compiled on first use);
 3. Softmax and GELU at large sizes: achieved bandwidth (compulsory bytes: one read, one write) as a share of
    the copy bandwidth (target >= 85%) and speed vs PyTorch eager (target >= 1x); the ViT attention shape too.
 4. Fused bias + GELU vs the unfused pair (``x + b`` then GELU, PyTorch eager; target: faster).
+5. Integer softmax / GELU (``compress.kernels.integer``, Triton and CUDA): codes equal to the PyTorch reference's
+   on the device (bit for bit), int32 codes in and out at the same sizes, judged like the float kernels with
+   the PyTorch integer reference on the device as "eager".
 Writes ``<out>/results.json`` and prints markdown tables; times are medians of CUDA-event timings.
 """
 from __future__ import annotations
@@ -160,6 +163,58 @@ def bench_gelu(bench, kb, device, copy_gbs, shapes) -> list[dict]:
     return rows
 
 
+def int_impls(kb: dict) -> dict:
+    from compress.kernels.triton import integer as tint
+
+    return {"triton": tint} | ({"cuda": kb["cuda"]} if "cuda" in kb else {})
+
+
+def check_int(kb: dict, device) -> list[dict]:
+    """Integer softmax / GELU codes on the device equal to the PyTorch reference's (bound 0: bit for bit)."""
+    from compress.kernels import integer as I
+
+    kb = int_impls(kb)
+    rows, g = [], torch.Generator().manual_seed(0)
+    for shape, k in (((96, 1000), 8), ((6, 20000), 3), ((64 * 6, 257), 10)):
+        c = I.quantize(torch.randn(*shape, generator=g) * 30, k)
+        want = I.softmax_codes(c, k)
+        for bname, mod in kb.items():
+            got = mod.int_softmax_codes(c.to(device), k).cpu()
+            err = float((got - want).abs().max())
+            rows.append({"op": "int-softmax", "backend": bname, "dtype": "int32", "max_error": err, "bound": 0.0,
+                         "ok": err == 0})
+    c = torch.arange(-32768, 32768, dtype=torch.int32).reshape(64, 1024)
+    for k in (8, 11, 14):
+        want = I.gelu_codes(c, k)
+        for bname, mod in kb.items():
+            err = float((mod.int_gelu_codes(c.to(device), k).cpu() - want).abs().max())
+            rows.append({"op": "int-gelu", "backend": bname, "dtype": "int32", "max_error": err, "bound": 0.0,
+                         "ok": err == 0})
+    return rows
+
+
+def bench_int(bench, kb, device, copy_gbs, softmax_shapes, gelu_shapes) -> list[dict]:
+    """int32 codes in, int32 codes out (8 bytes an element); 'vs eager' compares with the PyTorch integer reference
+    on the same device; fp32 eager torch.softmax / gelu are timed beside for scale."""
+    from compress.kernels import integer as I
+
+    impls = int_impls(kb)
+    rows = []
+    for op, shapes, k in (("int-softmax", softmax_shapes, 8), ("int-gelu", gelu_shapes, 11)):
+        for shape, large in sized(shapes, torch.float32):
+            c = I.quantize(torch.randn(shape, device=device) * (30 if op == "int-softmax" else 3), k)
+            gb = 2 * c.numel() * 4 / 1e9
+            ref = I.softmax_codes if op == "int-softmax" else I.gelu_codes
+            t_ref = bench(lambda: ref(c, k))
+            rows.append(_row(op, "pytorch-int-reference", "int", "int32", shape, t_ref, gb, copy_gbs, t_ref, large))
+            for bname, mod in impls.items():
+                fn = mod.int_softmax_codes if op == "int-softmax" else mod.int_gelu_codes
+                t = bench(lambda: fn(c, k))
+                rows.append(_row(op, bname, "int", "int32", shape, t, gb, copy_gbs, t_ref, large))
+            del c
+    return rows
+
+
 def sweep_configs(smoke: bool) -> list[tuple[str, tuple, bool, dict]]:
     """(op, fp32 shape, large?, launch parameters) around the defaults: what tuned them."""
     if smoke:
@@ -205,7 +260,8 @@ def verdict(res: dict) -> list[dict]:
     for r in res["timings"]:
         if not r["large"] or "pytorch" in r["backend"]:
             continue
-        if r["op"] == "softmax" and r["method"] == "exact" or r["op"] == "gelu" and r["method"] == "erf":
+        if (r["op"] == "softmax" and r["method"] == "exact" or r["op"] == "gelu" and r["method"] == "erf"
+                or r["op"].startswith("int-")):
             ok = r["share_of_copy"] >= 0.85 and r["speedup_vs_eager"] >= 1.0
             what = f"{100 * r['share_of_copy']:.0f}% of copy, {r['speedup_vs_eager']:.2f}x eager"
         elif r["op"] == "bias+gelu" and r["method"] == "erf":
@@ -257,11 +313,13 @@ def main(argv=None) -> int:
     bench = timer(args.smoke)
     res = {"command": " ".join(sys.argv), "device": "cpu (smoke: Triton interpreter)" if args.smoke else
            torch.cuda.get_device_name(), "torch": torch.__version__, "backends": list(kb)}
-    res["correctness"] = check_correctness(kb, device)
+    res["correctness"] = check_correctness(kb, device) + check_int(kb, device)
     res["copy_gb_per_s"] = copy_bandwidth(bench, device, args.smoke)
     res["timings"] = bench_softmax(bench, kb, device, res["copy_gb_per_s"], SMOKE_SOFTMAX if args.smoke else
                                    SOFTMAX_SHAPES)
     res["timings"] += bench_gelu(bench, kb, device, res["copy_gb_per_s"], SMOKE_GELU if args.smoke else GELU_SHAPES)
+    res["timings"] += bench_int(bench, kb, device, res["copy_gb_per_s"], SMOKE_SOFTMAX if args.smoke else
+                                SOFTMAX_SHAPES, SMOKE_GELU if args.smoke else GELU_SHAPES)
     if args.sweep:
         res["sweep"] = sweep_triton(bench, device, res["copy_gb_per_s"], args.smoke)
     res["verdict"] = verdict(res)

@@ -19,7 +19,8 @@ from .layout import mask_view, rows_of
 from .reference import GELU_IDS, GELU_METHODS, LogCodes, check_method, poly_degree
 
 CSRC = Path(__file__).parent / "csrc"
-CUDA_SOURCES = ("softmax.cu", "gelu.cu")
+CUDA_SOURCES = ("softmax.cu", "gelu.cu", "integer.cu")
+HOST_SOURCE = "integer_host.cpp"  # integer_math.h built for the CPU (tests)
 BINDING = "ops.cpp"
 EXT_NAME = "vitforge_cuda_kernels"
 
@@ -87,6 +88,29 @@ def gelu(x: torch.Tensor, bias: torch.Tensor | None = None, method: str = "erf",
     t = table.to(x.device, torch.float32).contiguous() if m == 2 else None
     with torch.cuda.device(x.device):
         return load().gelu(x.contiguous(), b, m, t, float(inv_step), _stream(x))
+
+
+def int_softmax_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """Integer softmax (compress.kernels.integer) of int32 codes over the last axis."""
+    x2 = codes.to(torch.int32).reshape(-1, codes.shape[-1]).contiguous()
+    with torch.cuda.device(codes.device):
+        return load().int_softmax(x2, int(k), _stream(codes)).reshape(codes.shape)
+
+
+def int_gelu_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
+    with torch.cuda.device(codes.device):
+        return load().int_gelu(codes.to(torch.int32).contiguous(), int(k), _stream(codes))
+
+
+def build_host_integer(out_dir: str | Path) -> Path:
+    """Compile integer_math.h (the CUDA kernels' per-element code) for the CPU as a shared library with
+    ``vf_int_softmax`` / ``vf_int_gelu`` (C ABI); the tests call it through ctypes."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lib = out / "libvitforge_int_host.so"
+    _run([os.environ.get("CXX", "c++"), "-shared", "-fPIC", "-O2", "-std=c++17", "-fwrapv", f"-I{CSRC}",
+          str(CSRC / HOST_SOURCE), "-o", str(lib)])
+    return lib
 
 
 # -- compile check without a GPU -------------------------------------------------------------------

@@ -145,3 +145,23 @@ def test_custom_ops_reach_triton_under_the_interpreter():
     a = _activations(torch.float32, (4, 33))
     assert torch.allclose(ops.gelu(a, None, "relu-lut", t.values(), t.inv_step, "triton"),
                           R.gelu(a, None, "relu-lut", t.values(), t.inv_step), atol=1e-5)
+
+
+# -- integer softmax / GELU: codes equal to the reference's, bit for bit ------------------------------------------
+from compress.kernels import integer as I  # noqa: E402
+from compress.kernels.triton import integer as tint  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,k", [((1, 1), 1), ((3, 7), 8), ((2, 3, 5, 257), 8), ((4, 1000), 14), ((2, 4097), 3)])
+def test_triton_int_softmax_codes_equal_reference(shape, k):
+    g = torch.Generator().manual_seed(k)
+    for c in (torch.randint(-32768, 32768, shape, generator=g, dtype=torch.int32),
+              I.quantize(torch.randn(shape, generator=g) * 30, k)):  # logits of a ViT's range
+        assert torch.equal(tint.int_softmax_codes(c, k), I.softmax_codes(c, k))
+
+
+@pytest.mark.parametrize("k", [0, 5, 11, 14])
+def test_triton_int_gelu_codes_equal_reference_on_every_code(k):
+    c = torch.arange(-32768, 32768, dtype=torch.int32).reshape(64, 1024)  # every int16 code
+    assert torch.equal(tint.int_gelu_codes(c, k), I.gelu_codes(c, k))
+    assert torch.equal(tint.int_gelu_codes(c[:3, :5], k, tile=4), I.gelu_codes(c[:3, :5], k))  # ragged tail

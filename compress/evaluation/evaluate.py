@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from .. import ui
-from ..data import Subset, batches, load_subset
+from ..data import Preprocess, Subset, balanced_indices, batches, open_source
 from ..recipes.schema import DataConfig, EvaluationConfig
 from ..utils.io import cache_dir
+from . import leakage
 from ..models.pooling import pooled
 from ..utils.fingerprint import model_fingerprint
 from .probe import LinearProbe
@@ -36,12 +37,66 @@ def extract(runner, ds: Subset, batch_size: int, num_prefix: int, desc: str) -> 
     return Features(torch.cat(feats), torch.as_tensor(ds.labels))
 
 
+def draw(spec: str, split: str, count: int, seed: int, cfg, exclude: np.ndarray | None = None,
+         top_up: bool = False) -> Subset:
+    """``count`` class-balanced images of ``split`` that are not in ``exclude`` (with nothing excluded: exactly
+    ``load_subset``'s images); ``top_up``: when fewer remain, add excluded ones up to ``count``."""
+    src = open_source(spec, split)
+    every = np.arange(len(src.labels))
+    allowed = np.setdiff1d(every, exclude) if exclude is not None and len(exclude) else every
+    pick = allowed[balanced_indices(src.labels[allowed], count, seed)]
+    if top_up and len(pick) < min(count, len(every)):
+        rest = np.setdiff1d(every, pick)
+        pick = np.sort(np.concatenate([pick, rest[balanced_indices(src.labels[rest], count - len(pick), seed)]]))
+    return Subset(src, pick, Preprocess.from_config(cfg))
+
+
+def cached_features(reference: torch.nn.Module, key: str, where: str, ds: Subset, batch_size: int, desc: str) -> Features:
+    """The fp32 model's features of ``ds`` (``where``: its data spec and split), cached on disk by model fingerprint,
+    source, images and preprocessing."""
+    from ..runtime import TorchRunner
+
+    tag = hashlib.sha256(f"{key}|{ds.source.__class__.__name__}|{getattr(ds.source, 'root', where)}|{where}|"
+                         f"{leakage.digest(ds.indices)}|{ds.preprocess}".encode()).hexdigest()[:20]
+    path = cache_dir("features") / f"{tag}.safetensors"
+    if path.is_file():
+        from ..models.checkpoint import load_state_dict
+        from ..errors import UserError
+
+        try:
+            t = load_state_dict(path)
+            return Features(t["pooled"], t["labels"])
+        except UserError:
+            pass
+    f = extract(TorchRunner(reference), ds, batch_size, reference.cfg.num_prefix_tokens, desc)
+    from safetensors.torch import save_file
+
+    from ..utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({"pooled": f.pooled.contiguous(), "labels": f.labels.contiguous()}, str(tmp))
+    return f
+
+
+def head_agreement(out: torch.Tensor, ref: torch.Tensor, num_classes: int) -> float | None:
+    """Share (%) of images where the model's own classifier head picks the fp32 model's class; None without one."""
+    if not num_classes or out.ndim != 2 or out.shape[1] != num_classes:
+        return None
+    return float((out.argmax(1) == ref.argmax(1)).double().mean()) * 100
+
+
 class Evaluator:
     """Scores runners (PyTorch models or artifacts) against the fp32 reference model."""
 
-    def __init__(self, reference: torch.nn.Module, data: DataConfig, cfg: EvaluationConfig, run_dir: Path | None = None):
+    def __init__(self, reference: torch.nn.Module, data: DataConfig, cfg: EvaluationConfig, run_dir: Path | None = None,
+                 seen: list[dict] | None = None, dataset: str | None = None):
+        """``seen``: image sets the passes drew (``leakage.pass_sets``), recorded under ``dataset``; every set the
+        evaluator draws from the recipe's data excludes them, and is recorded in ``self.sets``."""
         self.reference, self.data, self.cfg = reference.eval(), data, cfg
         self.run_dir = run_dir
+        self.dataset = dataset or data.path
+        self.sets: list[dict] = list(seen or [])
+        self._drawn: dict[tuple, Subset] = {}
         self.vit = reference.cfg
         self.key = model_fingerprint(reference)
         self._test: Subset | None = None
@@ -50,49 +105,38 @@ class Evaluator:
         self.method = cfg.method
 
     # -- reference features and probe -------------------------------------------------
-    def _subset(self, split: str, count: int) -> Subset:
-        return load_subset(self.data.path, split, count, self.cfg.seed, self.vit)
+    def subset(self, split: str, count: int, role: str | None = None, fits: bool = False) -> Subset:
+        """Images of the recipe's data that no pass drew; ``role``: record the set (``fits``: a head is fitted on it)."""
+        key = (split, count, fits)
+        if key not in self._drawn:
+            self._drawn[key] = draw(self.data.path, split, count, self.cfg.seed, self.vit, leakage.excluded(
+                [s for s in self.sets if not s["evaluation"]], self.dataset, split), top_up=fits)
+        ds = self._drawn[key]
+        if not len(ds):
+            raise leakage.LeakageError(f"every {split} image of {self.data.path} was drawn by a pass: none is left "
+                                       "to evaluate on", "draw the passes' data from another split or fewer images")
+        if role and not any(s["role"] == role for s in self.sets):
+            self.sets.append(leakage.entry(role, self.dataset, split, ds.indices, fits))
+        return ds
 
-    def _cached_features(self, split: str, count: int) -> Features:
-        from ..runtime import TorchRunner
-
-        ds = self._subset(split, count)
-        tag = hashlib.sha256(f"{self.key}|{ds.source.__class__.__name__}|{getattr(ds.source, 'root', self.data.path)}|"
-                             f"{split}|{count}|{self.cfg.seed}|{ds.preprocess}".encode()).hexdigest()[:20]
-        path = cache_dir("features") / f"{tag}.safetensors"
-        if path.is_file():
-            from ..models.checkpoint import load_state_dict
-            from ..errors import UserError
-
-            try:
-                t = load_state_dict(path)
-                return Features(t["pooled"], t["labels"])
-            except UserError:
-                pass
-        f = extract(TorchRunner(self.reference), ds, self.data.batch_size, self.vit.num_prefix_tokens,
-                    f"fp32 features ({split})")
-        from safetensors.torch import save_file
-
-        from ..utils.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            save_file({"pooled": f.pooled.contiguous(), "labels": f.labels.contiguous()}, str(tmp))
-        return f
+    def _cached_features(self, split: str, count: int, role: str, fits: bool = False) -> Features:
+        return cached_features(self.reference, self.key, f"{self.data.path}|{split}", self.subset(split, count, role, fits),
+                               self.data.batch_size, f"fp32 features ({split})")
 
     def prepare(self) -> None:
         if self.ref_test is not None:
             return
-        self._test = self._subset("test", self.cfg.test)
+        self._test = self.subset("test", self.cfg.test, "probe test")
         classes = len(self._test.source.classes)
         if self.method == "auto":
             self.method = "classifier" if self.vit.num_classes == classes else "probe"
-        self.ref_test = self._cached_features("test", self.cfg.test)
+        self.ref_test = self._cached_features("test", self.cfg.test, "probe test")
         if self.method == "probe":
             probe_path = self.run_dir / "probe.safetensors" if self.run_dir else None
             if probe_path and probe_path.is_file():
                 self.probe = LinearProbe.load(probe_path)
             else:
-                train = self._cached_features("train", self.cfg.probe_train)
+                train = self._cached_features("train", self.cfg.probe_train, "probe train", fits=True)
                 ui.info(f"training linear probe on {len(train.labels)} fp32 feature vectors")
                 self.probe = LinearProbe.fit(train.pooled, train.labels, classes)
                 if probe_path:
@@ -123,6 +167,9 @@ class Evaluator:
                "agreement": float((pred == ref_pred).double().mean()) * 100,
                "feature_cosine": float(cos.mean()), "feature_cosine_min": float(cos.min()),
                "images": len(f.labels), "method": self.method}
+        head = head_agreement(f.pooled, self.ref_test.pooled, self.vit.num_classes)
+        if head is not None:
+            out["head_agreement"] = head
         if self.refits:
             out |= self.refit(runner, name, f)
         return out
@@ -131,14 +178,14 @@ class Evaluator:
         """Top-1 of a probe fitted on the runner's own features of the same train images, with the fp32
         probe's procedure and L2 strength: the linear-probe score of the changed encoder itself. (Picking
         L2 again per variant on the 400-image held-out fifth moved scores by up to 3 points.)"""
-        train = extract(runner, self._subset("train", self.cfg.probe_train), self.data.batch_size,
+        train = extract(runner, self.subset("train", self.cfg.probe_train, fits=True), self.data.batch_size,
                         self.vit.num_prefix_tokens, f"probe features {name}")
         probe = LinearProbe.fit(train.pooled, train.labels, len(self._test.source.classes), l2=self.probe.l2)
         top1 = float((probe.logits(test.pooled).argmax(1) == test.labels).double().mean()) * 100
         return {"top1_refit": top1, "delta_top1_refit": top1 - self.reference_top1, "probe_refit_l2": probe.l2}
 
     def fidelity_images(self) -> torch.Tensor:
-        ds = self._subset("test", self.cfg.fidelity_images)
+        ds = self.subset("test", self.cfg.fidelity_images)
         return torch.stack([ds[i][0] for i in range(len(ds))])
 
 
@@ -164,4 +211,4 @@ def block_sqnr(reference: torch.nn.Module, model: torch.nn.Module, images: torch
             zip(outs["ref"], outs["new"])]
 
 
-__all__ = ["Evaluator", "block_sqnr", "np"]
+__all__ = ["Evaluator", "block_sqnr", "cached_features", "draw", "extract", "head_agreement"]

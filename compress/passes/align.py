@@ -109,7 +109,7 @@ class AlignPass(Pass):
         from ..utils.fingerprint import model_fingerprint
 
         c, seen = self.config, set()
-        self.excluded = 0
+        self.excluded, drawn = 0, len(ctx.draws)
         prune = state.record("prune")
         if prune is not None and prune["config"]["recovery"]["split"] == c.split:
             r = prune["config"]["recovery"]
@@ -120,6 +120,7 @@ class AlignPass(Pass):
         self.excluded = len(ds.indices) - len(fresh)
         pick = np.sort(np.random.default_rng(c.seed).permutation(fresh)[:want])  # class-balanced as ``ds``
         ds = Subset(ds.source, pick, ds.preprocess)
+        ctx.draws[drawn:] = [{"role": "data", "split": c.split, "indices": pick}]  # what it fits on, not the pool
         return TeacherTargets(teacher, ds, model_fingerprint(teacher), ctx.recipe.data.batch_size)
 
     @classmethod

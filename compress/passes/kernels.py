@@ -4,6 +4,9 @@
 ``online``, ``online-poly1..3``) or, as a shorthand for ``exact`` on that backend, ``triton`` / ``cuda``;
 ``gelu`` likewise (``erf``, ``tanh``, ``relu-lut``, ``triton``, ``cuda``). ``keep`` leaves the op alone.
 On CPU every choice computes its PyTorch reference; exported graphs hold the same math in plain ONNX ops.
+``int`` (both ops) computes on int16 codes in integer arithmetic (``compress.kernels.integer``): each
+module's power-of-two input scale is calibrated here on ``check_images`` images (at least 8) and stored in
+the record, and the exported graph holds the same integer ops, so every runtime computes the same codes.
 The swapped modules sit where the originals were (also inside a wrapper around them), so quantization
 before or after this pass sees the same structure.
 """
@@ -17,14 +20,16 @@ from pydantic import Field
 
 from ..errors import UserError
 from ..kernels import GeluTable, KernelGELU, KernelSoftmax
+from ..kernels.integer import IntGELU, IntSoftmax, exponent_for
 from ..kernels.reference import ACT_FNS, gelu_f32
 from ..models.vit import QuickGELU, Softmax
 from ..pipeline.base import Pass, PassConfig, register_pass
 from ..recipes.schema import Strict
 from ..report import register_section
 
-SoftmaxChoice = Literal["keep", "exact", "online", "online-poly1", "online-poly2", "online-poly3", "triton", "cuda"]
-GeluChoice = Literal["keep", "erf", "tanh", "relu-lut", "triton", "cuda"]
+SoftmaxChoice = Literal["keep", "exact", "online", "online-poly1", "online-poly2", "online-poly3", "triton", "cuda",
+                        "int"]
+GeluChoice = Literal["keep", "erf", "tanh", "relu-lut", "triton", "cuda", "int"]
 EXACT_GELU = {"gelu": "erf", "gelu_tanh": "tanh"}  # the method that computes a model's own activation
 
 
@@ -82,23 +87,64 @@ def lut_error(table: GeluTable) -> float:
     return float((approx.double() - ACT_FNS[table.act](x.double())).abs().max())
 
 
-def apply(model: nn.Module, cfg: KernelsConfig) -> dict:
-    """Swap the ops of every block as ``cfg`` says; return what was done (the pass record's core)."""
+def int_exponents(model: nn.Module, cfg: KernelsConfig, images: torch.Tensor) -> dict[str, int]:
+    """Per swapped module path, the input scale exponent k (2^-k) its int16 codes need on ``images``."""
+    want = [("softmax", f"blocks.{i}.attn.softmax", b.attn.softmax) for i, b in enumerate(model.blocks)
+            if cfg.softmax == "int"] + [("gelu", f"blocks.{i}.mlp.act", b.mlp.act) for i, b in enumerate(model.blocks)
+                                        if cfg.gelu == "int"]
+    amax: dict[str, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, p=p: amax.__setitem__(
+        p, max(amax.get(p, 0.0), float(a[0].detach().abs().max())))) for _, p, m in want]
+    try:
+        with torch.inference_mode():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {p: exponent_for(amax.get(p, 0.0), kind) for kind, p, _ in want}
+
+
+def apply(model: nn.Module, cfg: KernelsConfig, exponents: dict[str, int] | None = None) -> dict:
+    """Swap the ops of every block as ``cfg`` says; return what was done (the pass record's core).
+    ``exponents``: the integer kernels' input scale exponents by module path (``int_exponents``)."""
+    exponents = exponents or {}
     sm_method, sm_backend = _choice(cfg.softmax, cfg.backend, "exact", "softmax")
     act = model.cfg.act
     g_choice, g_backend = _choice(cfg.gelu, cfg.backend, EXACT_GELU.get(act, "erf"), "gelu")
     out: dict = {"softmax": sm_method, "softmax_backend": sm_backend, "gelu": g_choice, "gelu_backend": g_backend,
                  "act": act, "swapped": []}
     table = None
-    if g_choice != "keep":
+    if g_choice == "int":
+        if act != "gelu":
+            raise UserError(f"passes.kernels: gelu: int computes erf GELU; this model's activation is {act}",
+                            "use gelu: relu-lut (its table is built from the model's own activation) or keep")
+        out["gelu_exact"] = False
+    elif g_choice != "keep":
         g_method, table, out["gelu_exact"] = gelu_plan(act, g_choice, cfg)
+    def exp_of(path: str) -> int:
+        if path not in exponents:
+            raise UserError(f"passes.kernels: no calibrated input scale for the integer kernel at {path}",
+                            "the pass calibrates them (int_exponents); rebuild from the pass's own record")
+        return exponents[path]
+
+    int_backend = cfg.backend
     for i, blk in enumerate(model.blocks):
-        if sm_method != "keep":
-            out["swapped"].append(_swap(blk.attn, "softmax", (Softmax, KernelSoftmax),
+        if sm_method == "int":
+            p = f"blocks.{i}.attn.softmax"
+            out["swapped"].append(_swap(blk.attn, "softmax", (Softmax, KernelSoftmax, IntSoftmax),
+                                        lambda _, p=p: IntSoftmax(exp_of(p), int_backend), p))
+        elif sm_method != "keep":
+            out["swapped"].append(_swap(blk.attn, "softmax", (Softmax, KernelSoftmax, IntSoftmax),
                                         lambda _: KernelSoftmax(sm_method, sm_backend), f"blocks.{i}.attn.softmax"))
-        if g_choice != "keep":
-            out["swapped"].append(_swap(blk.mlp, "act", (nn.GELU, KernelGELU, QuickGELU),
+        if g_choice == "int":
+            p = f"blocks.{i}.mlp.act"
+            out["swapped"].append(_swap(blk.mlp, "act", (nn.GELU, KernelGELU, QuickGELU, IntGELU),
+                                        lambda _, p=p: IntGELU(exp_of(p), int_backend), p))
+        elif g_choice != "keep":
+            out["swapped"].append(_swap(blk.mlp, "act", (nn.GELU, KernelGELU, QuickGELU, IntGELU),
                                         lambda _: KernelGELU(g_method, g_backend, table), f"blocks.{i}.mlp.act"))
+    if exponents:
+        out["int"] = {"exponents": dict(exponents), "softmax_out_scale": "2^-15", "gelu_out_scale": "input's"}
     if table is not None:
         out["lut"] = {"act": table.act, "entries": table.entries, "x_max": table.x_max,
                       "max_abs_error": lut_error(table)}
@@ -115,12 +161,16 @@ class KernelsPass(Pass):
         from ..models.pooling import token_cosine
 
         model = state.model.eval()
-        images = None
-        if self.config.check_images:
-            images = torch.cat(ctx.calibration_batches(self.config.check_images))[: self.config.check_images]
+        images, exponents = None, None
+        integer = "int" in (self.config.softmax, self.config.gelu)
+        count = max(self.config.check_images, 8) if integer else self.config.check_images
+        if count:
+            images = torch.cat(ctx.calibration_batches(count))[:count]
             with torch.inference_mode():
                 before = model(images)
-        record = apply(model, self.config)
+            if integer:
+                exponents = int_exponents(model, self.config, images)
+        record = apply(model, self.config, exponents)
         if images is not None:
             with torch.inference_mode():
                 after = model(images)
@@ -130,7 +180,7 @@ class KernelsPass(Pass):
 
     @classmethod
     def rebuild(cls, model, record):
-        apply(model, KernelsConfig(**record["config"]))
+        apply(model, KernelsConfig(**record["config"]), record.get("int", {}).get("exponents"))
 
 
 @register_section("kernels")
@@ -139,6 +189,10 @@ def _section(rec: dict, run_dir) -> str:
              f"gelu: {rec['gelu']} ({rec['gelu_backend']} backend) on a {rec['act']} model; "
              f"{len(rec['swapped'])} modules swapped. On CPU every kernel computes its PyTorch reference; the "
              "exported graphs hold the same math in plain ONNX ops."]
+    if "int" in rec:
+        ks = sorted(set(rec["int"]["exponents"].values()))
+        lines.append(f"- integer kernels on int16 codes, input scales 2^-k with k in {ks} (calibrated), softmax codes "
+                     "of scale 2^-15, GELU codes of the input's scale; the exported graph holds the same integer ops")
     if "lut" in rec:
         t = rec["lut"]
         lines.append(f"- ReLU-minus-table: {t['entries']} intervals on [0, {t['x_max']}], "

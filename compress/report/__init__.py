@@ -46,6 +46,60 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fidelity_section(ev: dict) -> list[str]:
+    """Saliency through the model's own decoder, the off-domain probe, a verdict per artifact, the image sets."""
+    sal, od, t = ev.get("saliency") or {}, ev.get("off_domain") or {}, ev.get("drop_in") or {}
+    if not (sal or od):
+        return []
+    md = ["## Fidelity", ""]
+    md.append(f"Saliency: {sal['decoder']} on {sal['images']} test images; r = per-image Pearson correlation with the "
+              "fp32 map (mean and 5th percentile), IoU of the top-10% pixels." if "images" in sal
+              else f"Saliency: {sal.get('skipped', 'not measured')}.")
+    md.append(f"Off-domain: {od['dataset']} ({od['train_images']} train / {od['test_images']} test images that no "
+              f"pass saw); fp32 head = a linear head fitted on the fp32 features (top-1 {od['reference_top1']:.2f}%), "
+              "applied unchanged (fidelity); refit = a head fitted the same way on the variant's own features of the "
+              "same train images (capacity)." if "dataset" in od else f"Off-domain: {od.get('skipped', 'not measured')}.")
+    if t:
+        md.append(f"Drop-in when every measured figure meets: saliency top-10% IoU >= {t['saliency_iou']:g}, off-domain "
+                  f"fp32-head |Δ top-1| <= {t['off_domain_delta']:g} pt and agreement >= {t['off_domain_agreement']:g}%;"
+                  f" otherwise \"re-train your head\" when the refitted head loses at most {t['refit_delta']:g} pt "
+                  "(evaluation.drop_in).")
+    rows = [r for r in ev["rows"] if r.get("saliency") or r.get("off_domain")]
+    if rows:
+        head = ("| artifact | saliency r | r p5 | MAE | IoU top-10% | IoU p5 | off-domain top-1 % | Δ | agreement % | "
+                "refit top-1 % | refit Δ |")
+        md += ["", head, "|" + "---|" * (head.count("|") - 1)]
+        for r in rows:
+            s, o = r.get("saliency") or {}, r.get("off_domain") or {}
+            md.append("| " + " | ".join([
+                r["name"], _f(s.get("pearson_mean"), "{:.4f}"), _f(s.get("pearson_p5"), "{:.4f}"),
+                _f(s.get("mae_mean"), "{:.4f}"), _f(s.get("iou_top10_mean"), "{:.3f}"), _f(s.get("iou_top10_p5"), "{:.3f}"),
+                _f(o.get("top1")), _f(o.get("delta_top1"), "{:+.2f}"), _f(o.get("agreement"), "{:.1f}"),
+                _f(o.get("top1_refit")), _f(o.get("delta_top1_refit"), "{:+.2f}")]) + " |")
+    verdicts = [f"- **{r['name']}**: {r['verdict']['text']}" for r in ev["rows"] if r.get("verdict")]
+    md += ["", "Verdicts:", "", *verdicts] if verdicts else []
+    if sal.get("plot"):
+        md += ["", f"![saliency maps]({sal['plot']})"]
+    return md + [""] + data_sets_section(ev)
+
+
+def data_sets_section(ev: dict) -> list[str]:
+    sets = ev.get("data_sets") or []
+    if not sets:
+        return []
+    md = ["### Image sets", "", "Every image set drawn, by dataset split (indices and their sha256 in evaluation.json); "
+          "evaluation sets are drawn from images no pass drew, and the run fails if an image that is scored was "
+          "fitted or tuned on.", ""]
+    md += [f"- {s['role']}: {s['count']} {s['split']} images of `{s['dataset']}`, sha256 {s['sha256'][:12]}" for s in sets]
+    for o in ev.get("overlaps") or []:
+        md.append(f"- note: {o['a']} and {o['b']} share {o['images']} {o['split']} images (both fitted on, "
+                  "none scored)")
+    if ev.get("unrecorded_passes"):
+        md.append(f"- note: the checkpoints of {', '.join(ev['unrecorded_passes'])} predate image-set recording: "
+                  "their images could not be excluded (rerun with --force to record them)")
+    return md + [""]
+
+
 def _default_section(rec: dict, run_dir: Path) -> str:
     items = {k: v for k, v in rec.items() if k not in ("name", "type") and not isinstance(v, (list, dict))}
     cfg = ", ".join(f"{k}={v}" for k, v in (rec.get("config") or {}).items())
@@ -94,6 +148,7 @@ def write_report(run_dir: Path, summary: dict) -> None:
                + (" Own-probe top-1: a probe fitted the same way on each variant's own features of the same train "
                   "images (the linear-probe score of the changed encoder)." if ev.get("probe_refit") else ""),
                "", results_table(ev["rows"]), ""]
+        md += fidelity_section(ev)
         fid = ev.get("fidelity") or {}
         if fid:
             md += [f"Token cosine to fp32 on {fid['images']} images: {fid['token_cosine']:.5f}.", ""]

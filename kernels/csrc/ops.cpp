@@ -1,4 +1,4 @@
-// Registers the CUDA kernels as torch ops (vitforge_cuda::softmax, vitforge_cuda::gelu) through PyTorch's stable
+// Registers the CUDA kernels as torch ops (vitforge_cuda::softmax, gelu, int_softmax, int_gelu) through PyTorch's stable
 // C++ ABI (header-only, no ATen): the library keeps working across PyTorch versions and compiles in seconds.
 // The caller passes the current CUDA stream; compress/kernels/cuda.py selects the device.
 #include <optional>
@@ -72,14 +72,38 @@ Tensor gelu(Tensor x, std::optional<Tensor> bias, int64_t method, std::optional<
   return out;
 }
 
+Tensor int_softmax(Tensor x, int64_t k, int64_t stream) {
+  STD_TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.scalar_type() == ScalarType::Int,
+                  "int_softmax takes a contiguous CUDA int32 [rows, cols] tensor");
+  Tensor out = torch::stable::empty_like(x);
+  check_cuda(vitforge::int_softmax_forward(static_cast<const int32_t*>(x.data_ptr()), static_cast<int32_t*>(out.data_ptr()),
+                                           x.size(0), x.size(1), int(k), reinterpret_cast<cudaStream_t>(stream)),
+             "vitforge int_softmax kernel");
+  return out;
+}
+
+Tensor int_gelu(Tensor x, int64_t k, int64_t stream) {
+  STD_TORCH_CHECK(x.is_cuda() && x.is_contiguous() && x.scalar_type() == ScalarType::Int,
+                  "int_gelu takes a contiguous CUDA int32 tensor");
+  Tensor out = torch::stable::empty_like(x);
+  check_cuda(vitforge::int_gelu_forward(static_cast<const int32_t*>(x.data_ptr()), static_cast<int32_t*>(out.data_ptr()),
+                                        x.numel(), int(k), reinterpret_cast<cudaStream_t>(stream)),
+             "vitforge int_gelu kernel");
+  return out;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY(vitforge_cuda, m) {
   m.def("softmax(Tensor x, float scale, Tensor? mask, int[] geometry, int poly, float[] codes, int stream) -> Tensor");
   m.def("gelu(Tensor x, Tensor? bias, int method, Tensor? table, float inv_step, int stream) -> Tensor");
+  m.def("int_softmax(Tensor x, int k, int stream) -> Tensor");
+  m.def("int_gelu(Tensor x, int k, int stream) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(vitforge_cuda, CompositeExplicitAutograd, m) {
   m.impl("softmax", TORCH_BOX(&softmax));
   m.impl("gelu", TORCH_BOX(&gelu));
+  m.impl("int_softmax", TORCH_BOX(&int_softmax));
+  m.impl("int_gelu", TORCH_BOX(&int_gelu));
 }

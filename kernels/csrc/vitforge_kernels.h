@@ -30,4 +30,10 @@ cudaError_t softmax_forward(const void* x, void* out, int64_t rows, int64_t cols
 cudaError_t gelu_forward(const void* x, const void* bias, void* out, int64_t n, int64_t cols, DType dtype,
                          int method, const float* table, int entries, float inv_step, cudaStream_t stream);
 
+// Integer softmax / GELU (compress/kernels/integer.py) on int32 codes: softmax rows of scale 2^-k into codes of
+// scale 2^-15 (cols <= 65535); GELU codes of scale 2^-k into codes of the same scale.
+cudaError_t int_softmax_forward(const int32_t* x, int32_t* out, int64_t rows, int64_t cols, int k,
+                                cudaStream_t stream);
+cudaError_t int_gelu_forward(const int32_t* x, int32_t* out, int64_t n, int k, cudaStream_t stream);
+
 }  // namespace vitforge

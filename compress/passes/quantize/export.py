@@ -93,15 +93,32 @@ def export_one(req: ExportRequest, fmt: str, cfg: QuantizeConfig) -> Artifact:
         onnx.save(proto, str(tmp))
         check_onnx(tmp)
         v = verify(path, OrtRunner(tmp), TorchRunner(ref), req.verify_images, max_abs, min_cos, floor_noise=floor)
+        codes = int_codes_check(tmp, ref, req.verify_images)  # integer kernels: exact code equality
     ui.info(f"  verified {v.line()}")
     label = precision_summary(ref)["label"]
     runtime = "tensorrt" if fmt == "tensorrt" else "onnxruntime"
     if fmt == "tensorrt":
         notes.append("TensorRT is not installed here: verified by running the same graph in ONNX Runtime")
     notes.append(_describe(fmt, ref, cfg))
+    vd = v.to_dict() | ({"integer_codes": codes} if codes else {})
     return Artifact(f"quantized-{fmt}", str(path.relative_to(req.run_dir)), "onnx", runtime,
-                    f"{label} {_compute(fmt, ref, cfg)}", notes=notes, verification=v.to_dict(),
+                    f"{label} {_compute(fmt, ref, cfg)}", notes=notes, verification=vd,
                     evaluate=fmt in cfg.evaluate and runtime == "onnxruntime")
+
+
+def int_codes_check(path, model, images) -> dict | None:
+    """The integer kernels' codes in the artifact vs the PyTorch reference: must be equal (VerificationError)."""
+    from ...errors import VerificationError
+    from ...kernels.integer import int_modules, verify_codes
+
+    if not int_modules(model):
+        return None
+    r = verify_codes(path, model, images)
+    ui.info(f"  integer kernels: {r['codes']} output codes of {r['kernels']} kernels, {r['kernel_mismatches']} differ "
+            f"from the PyTorch reference (model-level equal: {r['model_output_codes_equal']:.6f})")
+    if not r["kernel_codes_equal"]:
+        raise VerificationError(f"{path}: {r['kernel_mismatches']} integer-kernel codes differ from the PyTorch reference")
+    return r
 
 
 def _describe(fmt: str, model, cfg: QuantizeConfig) -> str:

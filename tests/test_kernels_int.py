@@ -1,0 +1,184 @@
+"""Integer softmax / GELU (compress.kernels.integer): the PyTorch reference, the exported ONNX graph and the
+host build of the CUDA kernels' code compute equal codes; bounded error vs float; the kernels pass with the
+quantize pass exports an artifact verified code for code (the Triton kernels: tests/kernels_triton_cases.py)."""
+from __future__ import annotations
+
+import ctypes
+import io
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from compress.kernels import integer as I
+
+pytestmark = pytest.mark.timeout(240)
+INT_OPS = {"Add", "Sub", "Mul", "Div", "Min", "Abs", "Sign", "Less", "Where", "Gather", "BitwiseAnd", "ReduceMax",
+           "ReduceSum", "Constant"}
+
+
+def _cases():
+    """(kind, shape, k, float input) over the ranges a ViT produces: logits within +-100, GELU inputs +-10."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for shape in [(1, 1), (3, 7), (2, 3, 17, 257), (5, 1000), (2, 4096)]:
+        for amax in (0.5, 8.0, 100.0):
+            x = (torch.rand(shape, generator=g) * 2 - 1) * amax
+            out.append(("softmax", x, I.exponent_for(amax, "softmax")))
+    for shape in [(1,), (7, 3), (2, 50, 1536), (4099,)]:
+        for amax in (0.1, 3.0, 10.0):
+            x = torch.randn(shape, generator=g) * amax / 3
+            out.append(("gelu", x.clamp(-amax, amax), I.exponent_for(amax, "gelu")))
+    return out
+
+
+def _export(kind: str, k: int, x: torch.Tensor) -> bytes:
+    mod = I.IntSoftmax(k) if kind == "softmax" else I.IntGELU(k)
+    b = io.BytesIO()
+    torch.onnx.export(mod, (x,), b, dynamo=False, opset_version=18, input_names=["x"])
+    return b.getvalue()
+
+
+def test_onnx_integer_graph_equals_reference_codes():
+    graphs = {}
+    for kind, x, k in _cases():
+        key = (kind, k, tuple(x.shape))
+        if key not in graphs:
+            graphs[key] = _export(kind, k, x)
+            ops = {n.op_type for n in onnx.load_from_string(graphs[key]).graph.node}
+            # float only at the edges: Mul/Round/Clip/Cast in (quantize), Cast/Mul out; no Exp/Erf/Softmax
+            assert ops <= INT_OPS | {"Cast", "Round", "Clip"}, ops
+        sess = ort.InferenceSession(graphs[key], providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"x": x.numpy()})[0]
+        want = (I.softmax if kind == "softmax" else I.gelu)(x, k).numpy()
+        # outputs are code * 2^-s exactly, so equal floats are equal codes
+        assert np.array_equal(got, want), (kind, tuple(x.shape), k)
+
+
+def test_every_intermediate_stays_below_2_31():
+    """Exhaustive over every input the kernels can see: the int32 arithmetic never overflows, so int32, C,
+    Triton and ONNX agree (and the non-negative shifts equal truncating division)."""
+    n = np.arange(0, 65536, dtype=np.int64)
+    for k in range(1, 15):
+        t = (n * I.L14) >> (k - 1)
+        f = t & 0x7FFF
+        assert (n * I.L14).max() < 2**31 and (f * I.B2).max() < 2**31
+        inner = I.B1 - ((f * I.B2) >> 15)
+        assert inner.min() > 0 and (f * inner).max() < 2**31
+        e = 32768 - ((f * inner) >> 15)
+        assert e.min() > 0 and (e.max() << 15) + 65535 * 32768 // 2 < 2**31
+    a = np.arange(0, 32769, dtype=np.int64)
+    for k in range(0, 15):
+        u = (a * I.R14) >> k
+        d = I.BQ - np.minimum(u, I.BQ)
+        h = 16384 - ((((d * d) >> 14) * I.A14) >> 14)
+        assert (d * d).max() < 2**31 and h.min() > 0 and h.max() <= 16384
+        assert (a * (16384 + h) + 16384).max() < 2**31
+
+
+def test_errors_against_float_are_bounded():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 257, generator=g) * 25  # attention logits of a real ViT: within +-100
+    k = I.exponent_for(float(x.abs().max()), "softmax")
+    p = I.softmax(x, k)
+    assert (p - torch.softmax(x, -1)).abs().max() <= 2e-3
+    assert ((p.sum(-1) - 1).abs() <= 257 * 2**-15).all()
+    xg = torch.linspace(-10, 10, 200_001)
+    kg = I.exponent_for(10.0, "gelu")
+    # I-BERT's polynomial (0.01815) + input and output rounding (half a step each, slope <= 1.13) + Q14 terms
+    assert (I.gelu(xg, kg) - torch.nn.functional.gelu(xg)).abs().max() <= 0.0182 + 3 * 2.0**-kg
+    with pytest.raises(ValueError, match="k=0"):
+        I.softmax_codes(torch.zeros(2, dtype=torch.int32), 0)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_cuda_kernel_code_built_for_the_host_equals_reference(tmp_path):
+    """integer_math.h, the per-element code the CUDA kernels call, compiled for the CPU (the kernels themselves
+    only compile here: tests/test_kernels_cuda.py; running them needs a GPU)."""
+    from compress.kernels import cuda
+
+    lib = ctypes.CDLL(str(cuda.build_host_integer(tmp_path)))
+    g = torch.Generator().manual_seed(2)
+    for rows, cols, k in ((1, 1, 1), (37, 257, 8), (5, 4096, 14), (3, 65535, 3)):
+        c = torch.randint(-32768, 32768, (rows, cols), generator=g, dtype=torch.int32)
+        out = torch.empty_like(c)
+        lib.vf_int_softmax(ctypes.c_void_p(c.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(rows),
+                           ctypes.c_int64(cols), ctypes.c_int(k))
+        assert torch.equal(out, I.softmax_codes(c, k))
+    c = torch.arange(-32768, 32768, dtype=torch.int32)  # every int16 code
+    for k in range(0, 15):
+        out = torch.empty_like(c)
+        lib.vf_int_gelu(ctypes.c_void_p(c.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(c.numel()),
+                        ctypes.c_int(k))
+        assert torch.equal(out, I.gelu_codes(c, k))
+
+
+def _quantized_int_model(tmp_path):
+    from compress.models import build
+    from compress.passes.kernels import KernelsConfig, KernelsPass
+    from compress.pipeline.base import available_passes
+    from compress.pipeline.state import ModelState
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = build(tiny_config()).eval()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ctx = SimpleNamespace(calibration_batches=lambda count=None, batch_size=None: [x[:4], x[4:]])
+    qp = available_passes()["quantize"]
+    qcfg = qp.Config(weights={"rounding": "nearest"})
+    state = ModelState(model, "tiny", [])
+    state.history.append({"name": "quantize", "type": "quantize", "config": qcfg.model_dump(),
+                          **qp(qcfg).run(state, ctx)})
+    kcfg = KernelsConfig(softmax="int", gelu="int")
+    state.history.append({"name": "kernels", "type": "kernels", "config": kcfg.model_dump(),
+                          **KernelsPass(kcfg).run(state, ctx)})
+    return state, x
+
+
+def test_w8a8_with_int_kernels_exports_equal_codes_and_reloads(tmp_path):
+    """The recipe's shape (recipes/kernels-int8-int.yaml): quantize + int kernels -> float graph -> Q/DQ;
+    ONNX Runtime's codes equal the PyTorch reference's; a changed constant in the graph fails the check."""
+    from compress.errors import VerificationError
+    from compress.export.onnx_export import export_onnx
+    from compress.passes.quantize.export import int_codes_check
+    from compress.passes.quantize.export_qdq import build_qdq
+    from compress.models.float_view import float_view
+    from compress.pipeline.state import ModelState
+    from compress.pipeline.checkpoint import load_checkpoint
+    from compress.pipeline.plan import load_recipe
+    from compress.runtime import OrtRunner
+
+    rec = load_recipe("recipes/kernels-int8-int.yaml", []).recipe
+    assert rec.passes["kernels"]["softmax"] == "int" and "quantize" in rec.passes
+    state, x = _quantized_int_model(tmp_path)
+    model = state.model
+    assert isinstance(model.blocks[0].attn.softmax, I.IntSoftmax) and isinstance(model.blocks[1].mlp.act, I.IntGELU)
+    with float_view(model):
+        export_onnx(model, tmp_path / "f.onnx", opset=18)
+    proto, _ = build_qdq(tmp_path / "f.onnx", model, "onnxruntime")
+    onnx.save(proto, str(tmp_path / "q.onnx"))
+    r = int_codes_check(tmp_path / "q.onnx", model, x)
+    assert r["kernels"] == 4 and r["codes"] > 40_000 and r["kernel_codes_equal"] and r["kernel_mismatches"] == 0
+    assert r["model_output_codes_equal"] > 0.999
+    with torch.no_grad():
+        want = model(x)
+    assert torch.nn.functional.cosine_similarity(OrtRunner(tmp_path / "q.onnx")(x).flatten(1), want.flatten(1)).min() > 0.999
+    # a wrong constant (the exp polynomial's B1) changes codes: the check fails
+    for t in proto.graph.node:
+        if t.op_type == "Constant" and t.name.startswith("/blocks.0/attn/softmax/"):
+            v = onnx.numpy_helper.to_array(t.attribute[0].t)
+            if v.ndim == 0 and int(v) == I.B1:
+                t.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(I.B1 + 700, np.int32)))
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(VerificationError, match="integer-kernel codes differ"):
+        int_codes_check(tmp_path / "bad.onnx", model, x)
+    # the record rebuilds the modules, with their calibrated scales, before the weights load
+    state.save(tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.model.blocks[1].attn.softmax.k == model.blocks[1].attn.softmax.k
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), want)

@@ -30,6 +30,15 @@ def real_images() -> str:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(str(e))
 
 
+@pytest.fixture(autouse=True)
+def _loud_again():
+    """A CLI call made in-process with --quiet/--json must not silence the tests after it."""
+    yield
+    from compress import ui
+
+    ui.set_quiet(False)
+
+
 def tiny_config(**kw):
     from compress.models.vit import ViTConfig
 

@@ -213,9 +213,17 @@ def test_openvino_runs_a_quantized_qdq_graph_in_int8(data, tmp_path):
     req.target = load_profile("x86-avx512")
     arts = {x.precision: x for x in EXPORTERS["target:openvino"](req)}
     q = arts["w8a8 int8-gemm"]
-    assert q.verification["cosine"] >= 0.999 and "float layers in bf16" in q.notes[-1]
+    from compress.targets.exporters.openvino import VNNI_FLAGS, cpu_flags
+
+    flags = cpu_flags()
+    vnni, bf16 = bool(flags & VNNI_FLAGS) or not flags, bool(flags & {"avx512_bf16", "amx_bf16"})
+    # exact-enough on VNNI CPUs; without VNNI OpenVINO's int8 kernels saturate (measured 0.9969 on AVX2), and say so
+    assert q.verification["cosine"] >= (0.999 if vnni else 0.99)
+    assert vnni or any("no AVX-VNNI" in n for n in q.notes)
+    float_precision = "bf16" if bf16 else "f32"  # the plugin's real choice for the float layers, named in the note
+    assert f"float layers in {float_precision}" in " ".join(q.notes)
     assert not arts["fp32"].evaluate  # the fp32 IR is only the baseline of a quantized state
-    assert RUNNERS["openvino"](tmp_path / q.path, 1).precision == "bf16"
+    assert RUNNERS["openvino"](tmp_path / q.path, 1).precision == float_precision
     from compress.targets.runners import OpenVINORunner
 
     prof = OpenVINORunner(tmp_path / q.path, 1, profile=True)

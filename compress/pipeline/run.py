@@ -73,12 +73,32 @@ def _precheck(out: Path, opts: RunOptions) -> None:
     """Refusals that need no model and must leave no trace: not even the folder or its lock file."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder", "choose a folder for the run")
+    holder = _holder(out)
+    if holder:  # before any look at the contents: a run in progress writes them
+        raise UserError(f"run folder {out} is in use by another compress run (pid {holder})",
+                        "wait for it to finish, or choose another --out")
     prev = (out / RUN_FILE).is_file()
     if opts.resume and not prev:
         raise UserError(f"nothing to resume in {out}", "drop --resume to start a new run")
     if out.is_dir() and not prev and not opts.force and _ours(out):
         raise UserError(f"output folder {out} is not empty and holds no vitforge run",
                         "choose another --out (nothing there was touched)")
+
+
+def _holder(out: Path) -> str | None:
+    """The pid holding the folder's lock, if a run holds it (the lock file is only read, never created)."""
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

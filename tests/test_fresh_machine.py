@@ -237,7 +237,6 @@ def test_nothing_anywhere_is_one_line_with_the_fix(catalog, monkeypatch):
 # ---------------------------------------------------------------- shipped recipes, installed from a wheel
 
 def test_wheel_runs_shipped_recipes_by_name_from_an_empty_folder(tmp_path):
-    import sysconfig
     import venv
 
     wheels = tmp_path / "wheels"
@@ -251,7 +250,8 @@ def test_wheel_runs_shipped_recipes_by_name_from_an_empty_folder(tmp_path):
                    capture_output=True, timeout=300)
     site = Path(subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")  # the locked dependencies, not vitforge
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # the locked dependencies (.pth files there, such
+    (site / "deps.pth").write_text("\n".join(deps) + "\n")  # as an editable vitforge's finder, are not read)
     empty = tmp_path / "empty"
     empty.mkdir()
     cli = [str(env_dir / "bin" / "compress")]

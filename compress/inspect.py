@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .models.vit import Softmax
+from .utils.hooks import forward_with_hooks
 
 
 def structure(model) -> dict:
@@ -43,12 +44,7 @@ def activation_stats(model, images: torch.Tensor) -> list[dict]:
     for i, blk in enumerate(model.blocks):
         for tag, mod in (("norm1", blk.norm1), ("norm2", blk.norm2), ("softmax", blk.attn.softmax), ("act", blk.mlp.act)):
             hooks.append(mod.register_forward_hook(lambda _m, _i, o, k=f"{i}.{tag}": acts.__setitem__(k, o.detach())))
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, images, hooks)
     out = []
     for i in range(model.cfg.depth):
         row = {"block": i}

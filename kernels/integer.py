@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..models.vit import Softmax
+from ..utils.hooks import forward_with_hooks
 
 # softmax constants
 L14 = round(math.log2(math.e) * 2**14)  # 23637
@@ -304,12 +305,7 @@ def verify_codes(onnx_path, model: nn.Module, images: torch.Tensor) -> dict:
     seen: dict[str, tuple] = {}
     hooks = [m.register_forward_hook(lambda m, a, _o, p=p: seen.__setitem__(p, m.codes(a[0])))
              for p, m in mods.items()]
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, images, hooks)
     out = {"kernels": len(mods), "codes": 0, "kernel_mismatches": 0, "model_input_equal": 0, "model_output_equal": 0,
            "per_kernel_model_output_equal": {}}
     for p, m in mods.items():

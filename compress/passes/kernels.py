@@ -26,6 +26,7 @@ from ..models.vit import QuickGELU, Softmax
 from ..pipeline.base import Pass, PassConfig, register_pass
 from ..recipes.schema import Strict
 from ..report import register_section
+from ..utils.hooks import forward_with_hooks
 
 SoftmaxChoice = Literal["keep", "exact", "online", "online-poly1", "online-poly2", "online-poly3", "triton", "cuda",
                         "int"]
@@ -95,12 +96,7 @@ def int_exponents(model: nn.Module, cfg: KernelsConfig, images: torch.Tensor) ->
     amax: dict[str, float] = {}
     hooks = [m.register_forward_pre_hook(lambda _m, a, p=p: amax.__setitem__(
         p, max(amax.get(p, 0.0), float(a[0].detach().abs().max())))) for _, p, m in want]
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, images, hooks)
     return {p: exponent_for(amax.get(p, 0.0), kind) for kind, p, _ in want}
 
 

@@ -207,6 +207,21 @@ def test_a_corrupt_download_is_discarded_and_the_registry_fallback_used(catalog,
     assert not list(catalog.cache_dir("downloads").iterdir())  # nothing half-written is kept
 
 
+def test_a_download_longer_than_published_stops_and_is_discarded(catalog, monkeypatch, real_images):
+    payload = _cifar_binary_archive()
+    server = _serve_cifar(catalog, monkeypatch, payload + b"\0" * (4 << 20))  # a hostile server sends more
+    from dataclasses import replace
+
+    ds = catalog.CATALOG["cifar10"]
+    monkeypatch.setitem(catalog.CATALOG, "cifar10", replace(ds, download=replace(ds.download, size=len(payload))))
+    try:
+        r = catalog.resolve("cifar10")
+    finally:
+        server.close()
+    assert r.dataset == "fashion-mnist" and "size/MD5" in r.note
+    assert server.sent >= len(payload) and not list(catalog.cache_dir("downloads").iterdir())
+
+
 def test_chain_order_explicit_then_shared_then_user_cache(catalog, monkeypatch, tmp_path, real_images):
     monkeypatch.setenv("VITFORGE_OFFLINE", "1")
     assert catalog.resolve("cifar10").dataset == "fashion-mnist"  # nothing local, offline: the fallback

@@ -122,9 +122,13 @@ def fetch(dl: Download, dest_dir: Path) -> Path:
             have = 0
         with open(part, "ab" if have else "wb") as out:
             bar = ui.bar(total=dl.size, initial=have, desc=f"downloading {dl.filename}", unit="B")
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
+            left = dl.size - have + 1  # never more than the published size (+1 byte, to notice a longer file)
+            for chunk in iter(lambda: resp.read(min(1 << 20, left)), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
+                left -= len(chunk)
+                if left <= 0:
+                    break
             bar.close()
     size = part.stat().st_size
     if size != dl.size or _md5(part) != dl.md5:

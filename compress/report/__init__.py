@@ -136,7 +136,8 @@ def write_report(run_dir: Path, summary: dict) -> None:
     if summary.get("data"):
         d = summary["data"]
         md += [f"Data: {d['dataset']}" + (f" (instead of {d['requested']})" if d["dataset"] != d["requested"] else "")
-               + f" from `{d['path']}` ({d['source']})" + (f"; {d['note']}" if d.get("note") else "") + ".", ""]
+               + (f" from `{d['path']}`" if d.get("path") else "") + f" ({d['source']})"
+               + (f"; {d['note']}" if d.get("note") else "") + ".", ""]
     ev = summary.get("evaluation")
     if ev:
         how = (f"linear probe trained once on {ev['probe_train_images']} fp32 feature vectors, "

@@ -137,7 +137,10 @@ class _RangeServer:
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (a bounded download)
+                    return
                 outer.sent += len(body)
 
             def log_message(self, *a):
@@ -219,7 +222,7 @@ def test_a_download_longer_than_published_stops_and_is_discarded(catalog, monkey
     finally:
         server.close()
     assert r.dataset == "fashion-mnist" and "size/MD5" in r.note
-    assert server.sent >= len(payload) and not list(catalog.cache_dir("downloads").iterdir())
+    assert not list(catalog.cache_dir("downloads").iterdir())  # the client stopped at size + 1 and discarded it
 
 
 def test_chain_order_explicit_then_shared_then_user_cache(catalog, monkeypatch, tmp_path, real_images):

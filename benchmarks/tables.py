@@ -193,6 +193,50 @@ def prune_rows(R: Results) -> list[list]:
     return rows
 
 
+def _cpu(sec: float | None) -> str:
+    return NA if sec is None else f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.1f} s"
+
+
+def recipes_runs(R: Results) -> list[str]:
+    d = R.get("recipes.json", optional=True)
+    if not d or not d.get("recipes"):
+        return [f"No run collected yet (`benchmarks/results/recipes.json` is absent); shipped recipes: "
+                f"{', '.join(f'`{n}`' for n in SHIPPED)}.", ""]
+    main, cost = [], []
+    for name, e in d["recipes"].items():
+        rnd = e["random_weights"]
+        for a in e["artifacts"]:
+            if a.get("runtime") == "pytorch":
+                continue
+            acc = [NA] * 4 if rnd else [f(a["top1"]), pm(a["delta_top1"]), f(a["agreement"], "{:.1f}"),
+                                        pm(a.get("own_probe_delta_top1"))]
+            main.append([f"`{name}`" + (" (random weights: speed/size only)" if rnd else ""), a["name"], a["precision"],
+                         e["test_images"], *acc, f(a["size_mb"], "{:.1f}"), f(a["latency_cpu_p50_ms"], "{:.1f}"),
+                         f(a["latency_wall_p50_ms"], "{:.1f}"), f(a["cpu_speedup_vs_fp32_onnx"], "{:.2f}x")])
+            if not rnd and a["name"] != "baseline-fp32":
+                cost.append([f"`{name}`", a["name"],
+                             f"{f(a['saliency_pearson_r'], '{:.4f}')} / {f(a['saliency_iou_top10'], '{:.3f}')}",
+                             f"{pm(a['off_domain_delta_top1'])} / {f(a['off_domain_agreement'], '{:.1f}')}",
+                             pm(a["off_domain_refit_delta_top1"]), a.get("verdict") or NA])
+    out = table(["recipe", "artifact", "precision", "test images", "top-1 %", "Δ top-1", "agreement %", "own-probe Δ",
+                 "size MB", "latency ms (CPU p50)", "latency ms (wall p50)", "speed-up vs fp32 ONNX (CPU)"], main)
+    if cost:
+        out += ["", "Fidelity (quantized and pruned artifacts):", ""]
+        out += table(["recipe", "artifact", "saliency r / top-10% IoU", "off-domain Δ (fp32 head) / agreement %",
+                      "off-domain refit Δ", "drop-in verdict"], cost)
+    runs = []
+    for name, e in d["recipes"].items():
+        tl = e.get("time_log") or {}
+        passes = ", ".join(f"{p['name']} {_cpu(p['cpu_s'])}" for p in e["passes"]) or NA
+        runs.append([f"`{name}`", "yes" if e["as_shipped"] else f"no: {e['as_shipped_why']}", passes,
+                     f(tl.get("cpu_s") and tl["cpu_s"] / 60, "{:.1f}"), f(tl.get("wall_s") and tl["wall_s"] / 60, "{:.1f}"),
+                     f(tl.get("max_rss_kb") and tl["max_rss_kb"] / 2**20, "{:.1f}"), e.get("commit") or NA,
+                     f"`{e['recipe_command']}`"])
+    out += ["", "Runs:", ""] + table(["recipe", "as shipped", "pass CPU time", "command CPU min (user + sys)",
+                                      "command wall min", "peak RSS GiB", "commit", "command"], runs)
+    return out + ["", "Source: `benchmarks/results/recipes.json` (per recipe: `bench_command`)."]
+
+
 # ------------------------------------------------------------------------------------------ quantization
 QUANT_HEAD = ["mode", "precision (what runs)", "test images", "top-1 %", "Δ top-1", "agreement %", "feat. cosine",
               "size MB", "p50 ms wall", "p50 ms CPU"]
@@ -395,6 +439,7 @@ def fresh_machine(R: Results) -> list[str]:
 TABLES = {
     "readme-measured": readme_measured,
     "fresh-machine": fresh_machine,
+    "recipes-runs": recipes_runs,
     "quant-all": lambda R: quant_table(R, "quant_all.json"),
     "quant-500": lambda R: quant_table(R, "quant.json"),
     "quant-allocation": quant_allocation,

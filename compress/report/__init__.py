@@ -164,6 +164,10 @@ def write_report(run_dir: Path, summary: dict) -> None:
         md.append(f"### {rec['name']} ({rec['type']})")
         fn = SECTIONS.get(rec["type"]) or _default_section
         md += [fn(rec, run_dir), ""]
+        if rec.get("resources"):
+            u = rec["resources"]
+            md += [f"Resources: {u['cpu_s']:.1f} s CPU, {u['wall_s']:.1f} s wall, peak resident memory "
+                   f"{u['peak_rss_mb']:.0f} MB ({'during this pass' if u['peak_scope'] == 'stage' else 'whole process'}).", ""]
     if not summary["passes"]:
         md += ["(none: the model as loaded)", ""]
     md += ["## Artifacts", ""]

@@ -360,7 +360,8 @@ def kernels_errors(R: Results) -> list[str]:
         rows.append(["softmax", m, f(s["max_abs"], "{:.2e}"),
                      f"max rel (p > 1e-3) {s['max_rel_p>1e-3']:.2e}, max KL {s['max_kl']:.2e}"])
     for m, s in e["gelu"].items():
-        rows.append(["gelu", m, f(s["max_abs"], "{:.2e}"), f"mean abs {s['mean_abs']:.2e}"])
+        rng = f", inputs in [{s['range'][0]:.1f}, {s['range'][1]:.1f}]" if s.get("range") else ""
+        rows.append(["gelu", m, f(s["max_abs"], "{:.2e}"), f"mean abs {s['mean_abs']:.2e}{rng}"])
     return table(["op", "method", "max abs error", "other"], rows) + [
         "", f"On the activations of {e['images']} images. Source:", ""] + sources(R)
 
@@ -395,7 +396,9 @@ def kernels_gpu(R: Results) -> list[str]:
     rows = [[v["op"], v["backend"], v["dtype"], "x".join(map(str, v["shape"])) if v.get("shape") else NA, v["measured"],
              "**met**" if v["met"] else "not met"] for v in g["verdict"]]
     return table(["op", "backend", "dtype", "shape", "measured (GPU time)", "target"], rows) + [
-        "", f"{g['device']}, torch {g['torch']}; copy bandwidth {g['copy_gb_per_s']:.0f} GB/s. Source:", ""] + sources(R)
+        "", f"{g['device']}, torch {g['torch']}; copy bandwidth {g['copy_gb_per_s']:,.0f} GB/s; "
+            f"{sum(c['ok'] for c in g['correctness'])} of {len(g['correctness'])} device correctness checks within "
+            "bounds. Source:", ""] + sources(R)
 
 
 # ---------------------------------------------------------------------------------------------- targets

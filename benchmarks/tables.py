@@ -349,7 +349,93 @@ def prune_recipes(R: Results) -> list[str]:
                      pm(full.get("delta_top1")), pm(a.get("delta_top1_refit")), f(a["agreement"], "{:.1f}"),
                      NA if int8 else f(p.get("prediction_error"), "{:+.1%}"), f(a["params"] / 1e6), f(a["gflops"]),
                      "(same passes)" if int8 else mins, file])
+    ref = R.get("prune_s8_070_10k.json")
+    full = ref["results"]["hessian@0.7"]["artifacts"][0]["full_test"]
+    return table(head, rows) + ["", f"fp32 top-1: {ref['reference_top1']:.2f}% on the 2,000 test images, "
+                                    f"{full['reference_top1']:.2f}% on all {full['images']:,}.", ""] + sources(R)
+
+
+def _removed(p: dict) -> str:
+    """What pruning removed, summed over the blocks: heads, QK / V widths (all heads), MLP units, embedding channels."""
+    o, n = p["original"], p["pruned"]
+
+    def total(blocks, i):  # blocks: [heads, qk per head, v per head, mlp]
+        return sum(b[0] if i == 0 else b[0] * b[i] if i < 3 else b[3] for b in blocks)
+
+    parts = [f"{total(o['blocks'], i) - total(n['blocks'], i)} {nm}"
+             for i, nm in enumerate(["heads", "QK dims", "V dims", "MLP units"])
+             if total(o["blocks"], i) != total(n["blocks"], i)]
+    if o["embed_dim"] != n["embed_dim"]:
+        parts.append(f"{o['embed_dim'] - n['embed_dim']} of {o['embed_dim']} embedding channels")
+    return ", ".join(parts) or "nothing"
+
+
+def prune_variants(R: Results, spec: list[tuple[str, str, str]], removed: bool = False) -> list[str]:
+    """One row per (result file, variant, label) of benchmarks/prune_bench.py."""
+    head = ["variant", "latency ratio in the pass / re-timed (CPU)", "speed-up vs fp32 ONNX (CPU)",
+            "re-timed ms (CPU, min of 20) / fp32", "fixed-probe top-1 % (Δ)", "own-probe top-1 % (Δ)", "agreement %",
+            "LUT predicted / measured ms (CPU)", "params M", "GFLOPs", "pass CPU min (wall)"] + (
+        ["what it removed"] if removed else []) + ["result file"]
+    rows = []
+    for file, variant, label in spec:
+        v = R.get(file)["results"][variant]
+        a, p = v["artifacts"][0], v["prune"]
+        t = v.get("timing") or {}
+        ta = (t.get("artifacts") or [{}])[0]
+        int8 = variant.endswith("+int8")
+        own = f"{a['top1_refit']:.2f} ({pm(a['delta_top1_refit'])})" if a.get("top1_refit") is not None else NA
+        lut = (f"{p['pruned']['predicted_ms']:.1f} / {p['pruned']['measured_ms']:.1f} ({p['prediction_error']:+.1%})"
+               if not int8 and p["pruned"].get("measured_ms") else NA)
+        rows.append([label, f"{NA if int8 else f(p['measured_ratio'], '{:.3f}')} / {f(ta.get('ratio_cpu'), '{:.3f}')}",
+                     f(ta.get("speedup_cpu"), "{:.2f}x"), f"{ta['cpu_ms']:.1f} / {t['baseline_cpu_ms']:.1f}" if ta else NA,
+                     f"{a['top1']:.2f} ({pm(a['delta_top1'])})", own, f(a["agreement"], "{:.1f}"), lut,
+                     f(a["params"] / 1e6), f(a["gflops"]),
+                     "(same pass)" if int8 else f"{p['cpu_seconds'] / 60:.1f} ({p['seconds'] / 60:.1f})"]
+                    + ([_removed(p)] if removed else []) + [file])
     return table(head, rows) + [""] + sources(R)
+
+
+def prune_targets(R: Results) -> list[str]:
+    """The pruning issue's targets, judged from the result files of the recipes as they are now."""
+    r7, r5 = R.get("prune_s8_070_10k.json")["results"], R.get("prune_s8_050_10k.json")["results"]
+    cur, a160 = R.get("prune_current.json")["results"], R.get("prune_align_160.json")["results"]
+    h7, q7, h5 = r7["hessian@0.7"], r7["hessian@0.7+int8"], r5["hessian@0.5"]
+    yes = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
+
+    def acc(v):
+        a = v["artifacts"][0]
+        full = a.get("full_test") or {}
+        return (f"fixed {pm(a['delta_top1'])} (2,000 test images), {pm(full.get('delta_top1'))} on all "
+                f"{full.get('images', 0):,}; own {pm(a.get('delta_top1_refit'))}"), a
+
+    def ratio(v):
+        return f"latency {v['prune']['measured_ratio']:.3f} in the pass, {v['timing']['artifacts'][0]['ratio_cpu']:.3f} re-timed (CPU)"
+
+    rows = []
+    for v, target, bound in [(h7, 0.7, 1.5), (h5, 0.5, 4.0)]:
+        text, a = acc(v)
+        rows.append([f"{target}x latency within {bound:g} pt", f"{ratio(v)}; {text}",
+                     yes(abs(a["delta_top1"]) <= bound and v["prune"]["target_met"])])
+    hc, mc, tc = (cur[k]["artifacts"][0]["delta_top1"] for k in ("hessian@0.7", "magnitude@0.7", "taylor@0.7"))
+    ha, ma, ta = (a160[k]["artifacts"][0]["delta_top1"] for k in ("hessian@0.7", "magnitude@0.7", "taylor@0.7"))
+    rows.append(["Hessian beats magnitude and Taylor at the same latency and recovery budget",
+                 f"160 steps, no `align`: {pm(hc)} vs {pm(mc)} / {pm(tc)}; with `align`: {pm(ha)} vs {pm(ma)} / {pm(ta)}",
+                 yes(hc > max(mc, tc) and ha > max(ma, ta))])
+    errs = [(lbl, v["prune"]["prediction_error"]) for lbl, v in [("0.7x", h7), ("0.5x", h5)]]
+    other = [(k.split("@")[0], a160[k]["prune"]["prediction_error"]) for k in ("magnitude@0.7", "taylor@0.7")]
+    rows.append(["LUT prediction within 15% of measured (the recipes' Hessian models)",
+                 "; ".join(f"{lbl} {e:+.1%}" for lbl, e in errs) + " (Torch-Pruning models: "
+                 + ", ".join(f"{lbl} {e:+.1%}" for lbl, e in other) + ")", yes(all(abs(e) <= 0.15 for _, e in errs))])
+    tq = q7["timing"]["artifacts"][0]
+    text, a = acc(q7)
+    rows.append(["prune, then INT8: ≥ 2.5x faster than fp32 ONNX within 3 pt",
+                 f"{tq['speedup_cpu']:.2f}x (CPU, re-timed beside fp32 ONNX); {text}",
+                 yes(tq["speedup_cpu"] >= 2.5 and abs(a["delta_top1"]) <= 3)])
+    mins = [(lbl, (v["prune"]["cpu_seconds"] + v["align"]["cpu_seconds"]) / 60, v) for lbl, v in [("0.7x", h7), ("0.5x", h5)]]
+    rows.append(["recovery budget under 60 minutes on one core (prune + align, CPU time)",
+                 "; ".join(f"{lbl}: {v['prune']['cpu_seconds'] / 60:.1f} + {v['align']['cpu_seconds'] / 60:.1f} = {m:.1f} min"
+                           for lbl, m, v in mins), yes(all(m < 60 for _, m, _ in mins))])
+    return table(["target", "measured", "met"], rows) + [""] + sources(R)
 
 
 # ---------------------------------------------------------------------------------------------- kernels
@@ -382,7 +468,8 @@ def kernels_accuracy(R: Results) -> list[str]:
         change = v.get("top1_change", v["delta_top1"])
         target = ("baseline" if v["variant"] == "int8" else "floor" if "jitter" in v["variant"]
                   else "met" if v.get("meets_target") else "not met")
-        rows.append([KERNEL_LABELS.get(v["variant"], v["variant"]), f(v["top1"]), pm(change),
+        rows.append([KERNEL_LABELS.get(v["variant"], v["variant"]), f(v["top1"]),
+                     pm(change) + (" vs fp32" if v["variant"] == "int8" else ""),
                      f(v.get("agreement_vs_int8_exact") if int8 else v["agreement"], "{:.2f}"), f(v["agreement"], "{:.2f}"),
                      f(v["feature_cosine"], "{:.5f}"), target])
     return table(["variant", "top-1 %", "change vs exact ops (INT8 rows: vs INT8 exact)", "agreement vs exact ops %",
@@ -486,6 +573,28 @@ TABLES = {
     "quant-targets": quant_targets,
     "repq-vit": repq_table,
     "prune-recipes": prune_recipes,
+    "prune-heldout": lambda R: prune_variants(R, [
+        ("prune.json", "hessian@0.7-oneshot", "hessian@0.7 one-shot (no recovery)"),
+        ("prune.json", "hessian@0.7", "hessian@0.7, 3 steps + reconstruction + 160 KD steps"),
+        ("prune.json", "hessian@0.7+int8", "the same + W8A8 (Q/DQ, ORT)")]),
+    "prune-criteria": lambda R: prune_variants(R, [
+        ("prune_current.json", f"{c}@0.7{s}", f"{c}@0.7{' one-shot' if s else ', 160 KD steps'}")
+        for c in ("hessian", "magnitude", "taylor") for s in ("-oneshot", "")], removed=True),
+    "prune-own-probe": lambda R: prune_variants(R, [
+        ("prune_refit_mt_160.json", "hessian@0.7", "hessian@0.7"),
+        ("prune_refit_mt_160.json", "hessian@0.7+int8", "hessian@0.7 + W8A8 (Q/DQ, ORT)"),
+        ("prune_refit_mt_160.json", "magnitude@0.7", "magnitude@0.7 (Torch-Pruning L2)"),
+        ("prune_refit_mt_160.json", "taylor@0.7", "taylor@0.7 (Torch-Pruning Taylor)"),
+        ("prune_refit_050_160.json", "hessian@0.5", "hessian@0.5")]),
+    "prune-r500": lambda R: prune_variants(R, [
+        ("prune_r500_070.json", "hessian@0.7", "hessian@0.7 (3 steps)"),
+        ("prune_r500_070.json", "hessian@0.7+int8", "hessian@0.7 + W8A8"),
+        ("prune_r500_050.json", "hessian@0.5", "hessian@0.5 (6 steps)")]),
+    "prune-075": lambda R: prune_variants(R, [
+        ("prune_075.json", "hessian@0.75", "hessian@0.75, 160 KD steps"),
+        ("prune_075.json", "hessian@0.75+int8", "the same + W8A8"),
+        ("prune_s8_050_oneshot.json", "hessian@0.5-oneshot", "hessian@0.5 one-shot (1 step, reconstruction, no recovery, no `align`)")]),
+    "prune-targets": prune_targets,
     "kernels-errors": kernels_errors,
     "kernels-accuracy": kernels_accuracy,
     "kernels-gpu": kernels_gpu,

@@ -187,9 +187,9 @@ def prune_rows(R: Results) -> list[list]:
     pa = R.get("prune_align_160.json")["results"]
     m, t_ = pa["magnitude@0.7"]["artifacts"][0], pa["taylor@0.7"]["artifacts"][0]
     h = pa["hessian@0.7"]["artifacts"][0]
-    rows.append([f"Torch-Pruning magnitude / Taylor importance at 0.7x, 160 KD steps + `align` (Hessian the same way: "
+    rows.append([(f"Torch-Pruning magnitude / Taylor importance at 0.7x, 160 KD steps + `align` (Hessian the same way: "
                  f"{pm(h['delta_top1'])}; own probe {pm(m['delta_top1_refit'])} / {pm(t_['delta_top1_refit'])} vs "
-                 f"{pm(h['delta_top1_refit'])})", 2000, f"{f(m['top1'])} / {f(t_['top1'])}",
+                 f"{pm(h['delta_top1_refit'])})"), 2000, f"{f(m['top1'])} / {f(t_['top1'])}",
                  f"{pm(m['delta_top1'])} / {pm(t_['delta_top1'])}",
                  f"{f(m['agreement'], '{:.1f}')} / {f(t_['agreement'], '{:.1f}')}",
                  f"{f(m['size_mb'], '{:.1f}')} / {f(t_['size_mb'], '{:.1f}')}", "not re-timed (no CPU time)", NA,
@@ -204,8 +204,8 @@ def _cpu(sec: float | None) -> str:
 def recipes_runs(R: Results) -> list[str]:
     d = R.get("recipes.json", optional=True)
     if not d or not d.get("recipes"):
-        return [f"No run collected yet (`benchmarks/results/recipes.json` is absent); shipped recipes: "
-                f"{', '.join(f'`{n}`' for n in SHIPPED)}.", ""]
+        return [(f"No run collected yet (`benchmarks/results/recipes.json` is absent); shipped recipes: "
+                f"{', '.join(f'`{n}`' for n in SHIPPED)}."), ""]
     main, cost = [], []
     for name, e in d["recipes"].items():
         rnd = e["random_weights"]
@@ -254,8 +254,8 @@ def quant_table(R: Results, file: str) -> list[str]:
         rows.append([r["name"], r["precision"], r.get("images") or NA, f(r["top1"]), pm(r["delta_top1"]),
                      f(r["agreement"], "{:.1f}"), f(r["feature_cosine"], "{:.5f}"), f(r["size_mb"]),
                      f(lat.get("p50_ms"), "{:.1f}"), f(lat.get("cpu_p50_ms"), "{:.1f}")])
-    return table(QUANT_HEAD, rows) + ["", f"Latency: p50 of {d['protocol']['latency_runs']} runs after warm-up, "
-                                          "1 thread, batch 1, every row timed in the one bench run. Source:", ""] + sources(R)
+    return table(QUANT_HEAD, rows) + ["", (f"Latency: p50 of {d['protocol']['latency_runs']} runs after warm-up, "
+                                          "1 thread, batch 1, every row timed in the one bench run. Source:"), ""] + sources(R)
 
 
 def quant_allocation(R: Results) -> list[str]:
@@ -282,26 +282,26 @@ def quant_targets(R: Results) -> list[str]:
     w8, i4, w6, w4, w3 = g["w8a8-vit"], g["int4-vit"], g["w6a6-vit"], g["w4a4-vit"], g["w3a3-vit"]
     rows = [
         ["W8A8 static per-tensor: agreement ≥ 96%, cosine ≥ 0.999, top-1 within 0.5 pt",
-         f"{w8['agreement']:.1f}%, {w8['feature_cosine']:.5f}, {pm(w8['delta_top1'])} pt; "
-         f"{w8['latency']['cpu_p50_ms']:.1f} vs fp32 ONNX {fp32:.1f} ms CPU p50",
+         (f"{w8['agreement']:.1f}%, {w8['feature_cosine']:.5f}, {pm(w8['delta_top1'])} pt; "
+         f"{w8['latency']['cpu_p50_ms']:.1f} vs fp32 ONNX {fp32:.1f} ms CPU p50"),
          yes(w8["agreement"] >= 96 and w8["feature_cosine"] >= 0.999 and abs(w8["delta_top1"]) <= 0.5)],
         ["int4-vit: top-1 within 1.5 pt, agreement ≥ 90%",
-         f"{pm(i4['delta_top1'])} pt, {i4['agreement']:.1f}%, cosine {i4['feature_cosine']:.4f}, {i4['size_mb']:.1f} MiB; "
-         f"{i4['latency']['cpu_p50_ms']:.1f} ms CPU p50 (float GEMMs in ORT)",
+         (f"{pm(i4['delta_top1'])} pt, {i4['agreement']:.1f}%, cosine {i4['feature_cosine']:.4f}, {i4['size_mb']:.1f} MiB; "
+         f"{i4['latency']['cpu_p50_ms']:.1f} ms CPU p50 (float GEMMs in ORT)"),
          yes(abs(i4["delta_top1"]) <= 1.5 and i4["agreement"] >= 90)],
         ["int4-vit: file ≤ ORT INT4 block-32 MatMulNBits (+5%)",
          f"Q/DQ {i4['size_mb']:.2f} MiB vs ORT {ort4['size_mb']:.2f} MiB ({100 * (i4['size_mb'] / ort4['size_mb'] - 1):+.1f}%)",
          yes(i4["size_mb"] <= 1.05 * ort4["size_mb"])],
         ["W6A6 within 1.5 pt", f"{pm(w6['delta_top1'])} pt, {w6['agreement']:.1f}%, cosine {w6['feature_cosine']:.5f}",
          yes(abs(w6["delta_top1"]) <= 1.5)],
-        ["W4A4 within 10 pt", f"{pm(w4['delta_top1'])} pt, {w4['agreement']:.1f}%, cosine {w4['feature_cosine']:.4f}, "
-         f"{w4['size_mb']:.1f} MiB, {w4['latency']['cpu_p50_ms']:.1f} ms CPU p50", yes(abs(w4["delta_top1"]) <= 10)],
+        ["W4A4 within 10 pt", (f"{pm(w4['delta_top1'])} pt, {w4['agreement']:.1f}%, cosine {w4['feature_cosine']:.4f}, "
+         f"{w4['size_mb']:.1f} MiB, {w4['latency']['cpu_p50_ms']:.1f} ms CPU p50"), yes(abs(w4["delta_top1"]) <= 10)],
         ["W3A3 reported, better than RepQ-ViT (ported)",
          f"{pm(w3['delta_top1'])} pt, {w3['agreement']:.1f}% vs RepQ-ViT {pm(w3r['delta_top1'])} pt, {w3r['agreement']:.1f}%",
          yes(w3["delta_top1"] > w3r["delta_top1"] and w3["agreement"] > w3r["agreement"])],
         ["LRP beats uniform and sensitivity on top-1 and agreement (same 4.0 average weight bits)",
-         f"LRP {pm(i4['delta_top1'])} / {i4['agreement']:.1f}%; uniform {pm(uni['delta_top1'])} / {uni['agreement']:.1f}%; "
-         f"sensitivity {pm(sens['delta_top1'])} / {sens['agreement']:.1f}%",
+         (f"LRP {pm(i4['delta_top1'])} / {i4['agreement']:.1f}%; uniform {pm(uni['delta_top1'])} / {uni['agreement']:.1f}%; "
+         f"sensitivity {pm(sens['delta_top1'])} / {sens['agreement']:.1f}%"),
          yes(i4["top1"] > max(uni["top1"], sens["top1"]) and i4["agreement"] > max(uni["agreement"], sens["agreement"]))],
     ]
     return table(["target", "measured", "met"], rows) + [""] + sources(R)
@@ -351,8 +351,8 @@ def prune_recipes(R: Results) -> list[str]:
                      "(same passes)" if int8 else mins, file])
     ref = R.get("prune_s8_070_10k.json")
     full = ref["results"]["hessian@0.7"]["artifacts"][0]["full_test"]
-    return table(head, rows) + ["", f"fp32 top-1: {ref['reference_top1']:.2f}% on the 2,000 test images, "
-                                    f"{full['reference_top1']:.2f}% on all {full['images']:,}.", ""] + sources(R)
+    return table(head, rows) + ["", (f"fp32 top-1: {ref['reference_top1']:.2f}% on the 2,000 test images, "
+                                    f"{full['reference_top1']:.2f}% on all {full['images']:,}."), ""] + sources(R)
 
 
 def _removed(p: dict) -> str:
@@ -400,7 +400,7 @@ def prune_targets(R: Results) -> list[str]:
     r7, r5 = R.get("prune_s8_070_10k.json")["results"], R.get("prune_s8_050_10k.json")["results"]
     cur, a160 = R.get("prune_current.json")["results"], R.get("prune_align_160.json")["results"]
     h7, q7, h5 = r7["hessian@0.7"], r7["hessian@0.7+int8"], r5["hessian@0.5"]
-    yes = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
+    yes = lambda ok: "**met**" if ok else "**not met**"
 
     def acc(v):
         a = v["artifacts"][0]
@@ -474,8 +474,8 @@ def kernels_accuracy(R: Results) -> list[str]:
                      f(v["feature_cosine"], "{:.5f}"), target])
     return table(["variant", "top-1 %", "change vs exact ops (INT8 rows: vs INT8 exact)", "agreement vs exact ops %",
                   "agreement vs fp32 %", "feature cosine", "target"], rows) + [
-        "", f"{k['test_images']:,} test images, fp32 top-1 {k['reference_top1']:.2f}%. Source (commands: "
-            "`commands` in the file):", ""] + sources(R)
+        "", (f"{k['test_images']:,} test images, fp32 top-1 {k['reference_top1']:.2f}%. Source (commands: "
+            "`commands` in the file):"), ""] + sources(R)
 
 
 def kernels_gpu(R: Results) -> list[str]:
@@ -483,9 +483,9 @@ def kernels_gpu(R: Results) -> list[str]:
     rows = [[v["op"], v["backend"], v["dtype"], "x".join(map(str, v["shape"])) if v.get("shape") else NA, v["measured"],
              "**met**" if v["met"] else "not met"] for v in g["verdict"]]
     return table(["op", "backend", "dtype", "shape", "measured (GPU time)", "target"], rows) + [
-        "", f"{g['device']}, torch {g['torch']}; copy bandwidth {g['copy_gb_per_s']:,.0f} GB/s; "
+        "", (f"{g['device']}, torch {g['torch']}; copy bandwidth {g['copy_gb_per_s']:,.0f} GB/s; "
             f"{sum(c['ok'] for c in g['correctness'])} of {len(g['correctness'])} device correctness checks within "
-            "bounds. Source:", ""] + sources(R)
+            "bounds. Source:"), ""] + sources(R)
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -509,9 +509,9 @@ def targets_model(R: Results, index: int) -> list[str]:
                  rows)
     e = m.get("estimates") or {}
     if e:
-        out += ["", f"Roofline fp32 {e['roofline_fp32_ms']:.1f} ms, LUT fp32 {e['lut_fp32_ms']:.1f} ms vs measured ORT fp32 "
+        out += ["", (f"Roofline fp32 {e['roofline_fp32_ms']:.1f} ms, LUT fp32 {e['lut_fp32_ms']:.1f} ms vs measured ORT fp32 "
                     f"{e['measured_ort_fp32_cpu_ms']:.1f} ms CPU p50; roofline int8 {e['roofline_int8_ms']:.1f} ms vs "
-                    f"{e['best_int8']} {e['measured_int8_cpu_ms']:.1f} ms CPU p50."]
+                    f"{e['best_int8']} {e['measured_int8_cpu_ms']:.1f} ms CPU p50.")]
     return out + ["", f"Source: `benchmarks/results/targets.json` (`{m['command']}`)."]
 
 
@@ -559,8 +559,62 @@ def lut_validation(R: Results) -> list[str]:
     rows = [[v["model"], v["tokens"], f(v["predicted_ms"], "{:.1f}"), f(v["measured_ms"], "{:.1f}"),
              f(v["error"], "{:+.1%}"), f(v["roofline_ms"], "{:.1f}")] for v in d["validation"]]
     return table(["model", "tokens", "LUT ms (CPU)", "measured ms (CPU)", "error", "roofline ms (estimate)"], rows) + [
-        "", f"{d['runtime']}, {d['threads']} thread, batch {d['batch']}, {d['statistic']}; built {d['created']}. Source: "
-            f"`targets/luts/x86-avx512.json` (`{d['command']}`)."]
+        "", (f"{d['runtime']}, {d['threads']} thread, batch {d['batch']}, {d['statistic']}; built {d['created']}. Source: "
+            f"`targets/luts/x86-avx512.json` (`{d['command']}`).")]
+
+
+RELEVANCE_CMD = ("OMP_NUM_THREADS=1 python benchmarks/relevance_profile.py --images 32 --damage 8 --allocate 4 "
+                 "--out benchmarks/results/relevance.json")
+RELEVANCE_OPS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def _relevance(R: Results) -> dict | None:
+    return R.get("relevance.json", optional=True)
+
+
+def relevance_profile(R: Results) -> list[str]:
+    d = _relevance(R)
+    if d is None:
+        return [f"Not measured yet (no `benchmarks/results/relevance.json`): `{RELEVANCE_CMD}`."]
+    p = d["profile"]
+    sc, blocks = p["scores"], len(p["block_in"])
+    rows = []
+    for b in range(blocks):
+        v = [sc.get(f"blocks.{b}.{op}", 0.0) for op in RELEVANCE_OPS]
+        rows.append([b, *(f"{100 * x:.2f}" for x in v), f"{100 * sum(v):.2f}"])
+    by_op = {op.split(".")[1]: sum(v for n, v in sc.items() if n.endswith(op)) for op in RELEVANCE_OPS}
+    top = max(sc.items(), key=lambda kv: kv[1])
+    other = {n: v for n, v in sc.items() if not n.startswith("blocks.")}
+    err, bal = p["block_error"], p["balance_error"]
+    return table(["block", *(o.split(".")[1] for o in RELEVANCE_OPS), "block"], rows) + [
+        "", "By op: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in by_op.items())
+        + "; " + ", ".join(f"`{n}` {100 * v:.2f}%" for n, v in other.items())
+        + f"; the largest layer: `{top[0]}` {100 * top[1]:.2f}%.",
+        (f"Conservation on these images: raw block-to-block |R_in - R_out| / |R_out| max {max(err):.2f}, median "
+        f"{sorted(err)[len(err) // 2]:.2f}; bias-inclusive balance max {max(bal):.1e}; relevance reaching block 0's "
+        f"input {p['block_in'][0]:.2f} and the pixels {p['pixels']:.2f} (target 1 per image)."),
+        (f"LRP: {p['images']} images, rule {p['rule']}, {p['seconds']:.0f} s wall ({p['seconds'] / p['images']:.2f} s/image, "
+        "1 thread, shared machine)."), "", f"Source: `benchmarks/results/relevance.json` (`{d['command']}`)."]
+
+
+def relevance_damage(R: Results) -> list[str]:
+    d = _relevance(R)
+    if d is None or "damage" not in d:
+        return [f"Not measured yet: `{RELEVANCE_CMD}`."]
+    rows = [[k.lstrip("w") + " bits", f"{v['spearman_relevance_x_error']:.2f}", f"{v['spearman_error_only']:.2f}"]
+            for k, v in d["damage"]["summary"].items()]
+    return table(["width", "Spearman: relevance x layer error", "Spearman: layer error alone"], rows) + [
+        "", f"Over {len(d['damage']['layers'])} layers. Source: `benchmarks/results/relevance.json` (`{d['command']}`)."]
+
+
+def relevance_allocation(R: Results) -> list[str]:
+    d = _relevance(R)
+    if d is None or "allocation" not in d:
+        return [f"Not measured yet: `{RELEVANCE_CMD}`."]
+    rows = [[k, f"{v['avg_bits']:.3f}", f"{v['rel_mse']:.3f}", f"{v['cosine']:.4f}"]
+            for k, v in d["allocation"].items() if isinstance(v, dict)]
+    return table(["strategy", "avg bits", "feature rel. MSE", "feature cosine"], rows) + [
+        "", f"Source: `benchmarks/results/relevance.json` (`{d['command']}`)."]
 
 
 TABLES = {
@@ -595,6 +649,9 @@ TABLES = {
         ("prune_075.json", "hessian@0.75+int8", "the same + W8A8"),
         ("prune_s8_050_oneshot.json", "hessian@0.5-oneshot", "hessian@0.5 one-shot (1 step, reconstruction, no recovery, no `align`)")]),
     "prune-targets": prune_targets,
+    "relevance-profile": relevance_profile,
+    "relevance-damage": relevance_damage,
+    "relevance-allocation": relevance_allocation,
     "kernels-errors": kernels_errors,
     "kernels-accuracy": kernels_accuracy,
     "kernels-gpu": kernels_gpu,

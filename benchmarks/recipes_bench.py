@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -28,6 +29,12 @@ _NEUTRAL = {"--out", "--resume", "--force", "--quiet", "--json", "--threads", "-
 _TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "sys_s",
                 "Maximum resident set size (kbytes)": "max_rss_kb", "Exit status": "exit_status",
                 "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_s"}
+
+
+def fail(msg: str) -> NoReturn:
+    """Bad input (a missing or unfinished result): one line on stderr, exit 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_time_log(text: str) -> dict:
@@ -53,14 +60,14 @@ def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: {path} is missing: is {path.parent} a finished run folder? "
-                         "(run the recipe to the end first)") from None
+        fail(f"{path} is missing: is {path.parent} a finished run folder? "
+                         "(run the recipe to the end first)")
     except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e.msg}): rerun the recipe") from None
+        fail(f"{path} is not valid JSON ({e.msg}): rerun the recipe")
 
 
-def _git(*args: str) -> str | None:
-    r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+def _git(cwd: Path, *args: str) -> str | None:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
 
 
@@ -150,17 +157,27 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="finished run folders of shipped recipes")
     ap.add_argument("--time-log", nargs="*", type=Path, default=[],
                     help="/usr/bin/time -v logs, one per run folder in the same order (or none)")
+    ap.add_argument("--commit", nargs="*", default=[],
+                    help="the commit each run was made at, one per run folder (default: the HEAD of the git "
+                         "checkout holding the run folder, when it has one, else of this checkout)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/recipes.json")
     a = ap.parse_args(argv)
-    if a.time_log and len(a.time_log) != len(a.runs):
-        ap.error(f"--time-log: give one log per run folder ({len(a.runs)}), or none")
+    for flag, given in (("--time-log", a.time_log), ("--commit", a.commit)):
+        if given and len(given) != len(a.runs):
+            ap.error(f"{flag}: give one per run folder ({len(a.runs)}), or none")
     old = json.loads(a.out.read_text()) if a.out.is_file() else {}
     recipes = old.get("recipes", {})
     for i, run in enumerate(a.runs):
         entry = collect(run, a.time_log[i] if a.time_log else None)
-        entry["commit"] = _git("rev-parse", "--short", "HEAD")
+        if a.commit:
+            entry["commit"], entry["commit_source"] = a.commit[i], "--commit"
+        else:
+            holder = run.resolve() if run.is_dir() else ROOT
+            entry["commit"] = _git(holder, "rev-parse", "--short", "HEAD") or _git(ROOT, "rev-parse", "--short", "HEAD")
+            entry["commit_source"] = "HEAD of the checkout holding the run folder, when collected"
         entry["bench_command"] = "python benchmarks/recipes_bench.py " + shlex.join(
-            [str(run)] + (["--time-log", str(a.time_log[i])] if a.time_log else []) + ["--out", str(a.out)])
+            [str(run)] + (["--time-log", str(a.time_log[i])] if a.time_log else [])
+            + (["--commit", a.commit[i]] if a.commit else []) + ["--out", str(a.out)])
         entry["collected"] = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         recipes[entry["recipe"]] = entry
         print(f"{entry['recipe']}: {len(entry['artifacts'])} rows, as shipped: {entry['as_shipped']} ({entry['as_shipped_why']})",

@@ -167,3 +167,13 @@ def test_relevance_tables_render_a_result_file(tmp_path):
     assert f"| 1 | {100 * scores['blocks.1.attn.q']:.2f} |" in body and "max 0.50, median 0.50" in body
     assert "| 3 bits | 0.90 | 0.45 |" in tables.render("relevance-damage", res)
     assert "| relevance | 3.994 | 0.124 | 0.9365 |" in tables.render("relevance-allocation", res)
+
+
+def test_int4_time_target_comes_from_a_recipe_run(tmp_path):
+    root = _copy(tmp_path)
+    res = root / "benchmarks" / "results"
+    assert "no run of the recipe collected" in tables.render("quant-targets", res)
+    (res / "recipes.json").write_text(json.dumps({"recipes": {"int4-vit": {
+        "as_shipped": True, "passes": [{"name": "quantize", "type": "quantize", "cpu_s": 1200.0, "wall_s": 1500.0}]}}}))
+    row = next(ln for ln in tables.render("quant-targets", res).splitlines() if "under 15 min" in ln)
+    assert "quantize pass 20.0 CPU min (25.0 wall)" in row and row.endswith("| **no** |")

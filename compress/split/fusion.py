@@ -97,7 +97,7 @@ def save_fusion(head: FusionHead, path: str | Path) -> None:
 
 def load_fusion(path: str | Path) -> FusionHead:
     """Read a head saved by ``save_fusion`` (safetensors: data only, no code runs)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
@@ -106,7 +106,7 @@ def load_fusion(path: str | Path) -> FusionHead:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         head = FusionHead(cfg["dims"], cfg["classes"], cfg["hidden"])
         head.load_state_dict(tensors, strict=True)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
         raise UserError(f"fusion head {path} is not a vitforge fusion head ({' '.join(str(e).split())[:120]})",
                         "rebuild it with save_fusion") from None
     return head.eval()

@@ -82,16 +82,18 @@ def _refine(s: np.ndarray, parts: list[list[int]], max_swaps: int) -> list[list[
     """Best-improvement swaps between parts until none raises the within-part similarity."""
     parts = [list(p) for p in parts]
     for _ in range(max_swaps):
+        r = np.stack([s[:, p].sum(1) for p in parts], 1)  # r[c, k]: similarity of class c to part k
         best, move = 1e-12, None
         for i in range(len(parts)):
+            a = np.asarray(parts[i])
             for j in range(i + 1, len(parts)):
-                for a in parts[i]:
-                    for b in parts[j]:
-                        # gain of swapping a (in i) with b (in j)
-                        gain = (s[b, parts[i]].sum() - s[b, a] - s[a, parts[i]].sum()
-                                + s[a, parts[j]].sum() - s[a, b] - s[b, parts[j]].sum())
-                        if gain > best:
-                            best, move = gain, (i, j, a, b)
+                b = np.asarray(parts[j])
+                # gain of swapping a (in i) with b (in j); s[a, b] is counted in r[b, i] and r[a, j] once each
+                gain = (r[b, i][None, :] - r[a, i][:, None] + r[a, j][:, None] - r[b, j][None, :]
+                        - 2 * s[np.ix_(a, b)])
+                k = int(np.argmax(gain))
+                if gain.flat[k] > best:
+                    best, move = float(gain.flat[k]), (i, j, int(a[k // len(b)]), int(b[k % len(b)]))
         if move is None:
             break
         i, j, a, b = move

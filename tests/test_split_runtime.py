@@ -118,7 +118,7 @@ def test_build_mismatch_is_refused(deployment):
             c.health()
 
 
-def test_cli_errors_are_one_line(deployment, tmp_path):
+def test_cli_errors_are_one_line(deployment, tmp_path, capsys):
     """Real `compress` subprocesses, run side by side: exit 2 (4 for an unavailable part), one stderr line."""
     d, path = deployment["dir"], deployment["path"]
     img = tmp_path / "img"
@@ -144,8 +144,6 @@ def test_cli_errors_are_one_line(deployment, tmp_path):
             "json": _cli("infer", str(bad_json), "--images", str(img)),
             "sha": _cli("serve-part", str(corrupt / "split.json"), "--part", "1"),
             "build": _cli("infer", str(other), "--images", str(img), "--endpoints", *eps),
-            "down": _cli("infer", str(strict), "--images", str(img), "--endpoints", eps[0], eps[1],
-                         f"tcp://127.0.0.1:{dead}"),
         }
         with pytest.raises(UserError, match="part server 1 did not start: part 1 artifact part1.onnx does not match"):
             exec_parts.start()
@@ -153,7 +151,15 @@ def test_cli_errors_are_one_line(deployment, tmp_path):
         _one_line_error(procs["json"], 2, "is not valid JSON")
         _one_line_error(procs["sha"], 2, "does not match the manifest's sha256")
         _one_line_error(procs["build"], 2, "refusing to fuse parts from different builds")
-        _one_line_error(procs["down"], 4, "parts [2] unavailable")
+        # a part nobody serves, policy 'fail': exit 4, one line, within the health deadline (in this process)
+        from compress.cli import main
+
+        t1 = time.monotonic()
+        assert main(["infer", str(strict), "--images", str(img), "--endpoints", eps[0], eps[1],
+                     f"tcp://127.0.0.1:{dead}"]) == 4
+        assert time.monotonic() - t1 < DEADLINE_MS / 1e3 + 1.0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "parts [2] unavailable" in err[0], err
     assert time.monotonic() - t0 < 120
 
 

@@ -12,9 +12,22 @@ import torch
 from compress.errors import UserError
 from compress.split import assign as asg
 from compress.split import manifest as mf
-from compress.split.fusion import FusionHead, assemble, export_onnx, load_fusion, save_fusion, train_fusion
-from compress.split.partition import (part_sizes, partition_classes, random_partition, similarity_from_confusion,
-                                      similarity_from_features, within_similarity)
+from compress.split.fusion import (
+    FusionHead,
+    assemble,
+    export_onnx,
+    load_fusion,
+    save_fusion,
+    train_fusion,
+)
+from compress.split.partition import (
+    part_sizes,
+    partition_classes,
+    random_partition,
+    similarity_from_confusion,
+    similarity_from_features,
+    within_similarity,
+)
 
 
 # -- partition ------------------------------------------------------------------------------------------------
@@ -44,10 +57,10 @@ def test_partition_is_balanced_complete_and_deterministic(C, K):
     a, b = partition_classes(sim, K), partition_classes(sim.copy(), K)
     assert a == b
     sizes = sorted(len(p) for p in a)
-    assert sizes[-1] - sizes[0] <= 1 and sorted(sum(a, [])) == list(range(C))
+    assert sizes[-1] - sizes[0] <= 1 and sorted(c for p in a for c in p) == list(range(C))
     assert sorted(len(p) for p in a) == sorted(part_sizes(C, K))
     r = random_partition(C, K, seed=7)
-    assert r == random_partition(C, K, seed=7) and sorted(sum(r, [])) == list(range(C))
+    assert r == random_partition(C, K, seed=7) and sorted(c for p in r for c in p) == list(range(C))
     assert sorted(len(p) for p in r) == sorted(part_sizes(C, K))
     if C >= 10 and K < C:
         assert random_partition(C, K, seed=8) != r
@@ -168,8 +181,9 @@ def test_plan_from_target_profiles():
     small = ViTConfig.uniform(192, 12, 3, patch_size=14, global_pool="none")
     devs = [asg.make_device("x86", "x86-avx512"), asg.make_device("pi", "raspberry-pi-5")]
     plan = asg.plan_parts([big, small, small], [22_000_000, 5_500_000, 5_500_000], devs)
-    lat, mem, src = asg.part_costs([big, small, small], [22_000_000, 5_500_000, 5_500_000], devs)
-    assert plan.method == "exact" and plan.makespan_ms == pytest.approx(_brute(lat, mem, [d.memory_bytes for d in devs]))
+    lat, mem, _ = asg.part_costs([big, small, small], [22_000_000, 5_500_000, 5_500_000], devs)
+    opt = _brute(lat, mem, [d.memory_bytes for d in devs])
+    assert plan.method == "exact" and plan.makespan_ms == pytest.approx(opt)
     from compress.targets.latency import load_latency_model
 
     for d, dev in enumerate(devs):  # the targets' own latency models, not a copy of them
@@ -188,7 +202,8 @@ def test_plan_from_target_profiles():
 def _outputs(seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 6, 80)
-    outs = [np.eye(6)[y][:, :3] * 3 + rng.normal(0, 0.3, (80, 3)), np.eye(6)[y][:, 3:] * 3 + rng.normal(0, 0.3, (80, 3))]
+    onehot = np.eye(6)[y] * 3
+    outs = [onehot[:, :3] + rng.normal(0, 0.3, (80, 3)), onehot[:, 3:] + rng.normal(0, 0.3, (80, 3))]
     return [o.astype(np.float32) for o in outs], y
 
 

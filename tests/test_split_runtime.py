@@ -19,12 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import split_fixtures as sf
 import zmq
 
-import split_fixtures as sf
 from compress.errors import UserError
 from compress.split import manifest as mf
-from compress.split.client import BuildMismatch, PartsUnavailable, SplitClient, preprocess_files
+from compress.split.client import (
+    BuildMismatch,
+    PartsUnavailable,
+    SplitClient,
+    preprocess_files,
+)
 from compress.split.local import LocalParts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +51,7 @@ def _variant(src: Path, dst: Path, **changes) -> Path:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     d = tmp_path_factory.mktemp("split")
-    path, models, head, classes = sf.build(d / "a", 3, "build-a", degraded={"policy": "fuse_available"},
+    path, models, head, _ = sf.build(d / "a", 3, "build-a", degraded={"policy": "fuse_available"},
                                            runtime={"deadline_ms": DEADLINE_MS, "retries": 1}, order=ORDER)
     lp = LocalParts(path)
     lp.start()
@@ -59,8 +64,9 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
 
 
 def _cli(*args, env=None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "compress", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _one_line_error(p: subprocess.Popen, code: int, needle: str, timeout: float = 120) -> str:

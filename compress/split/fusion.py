@@ -103,7 +103,7 @@ def load_fusion(path: str | Path) -> FusionHead:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             cfg = json.loads(meta.get("config", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         head = FusionHead(cfg["dims"], cfg["classes"], cfg["hidden"])
         head.load_state_dict(tensors, strict=True)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:

@@ -55,7 +55,7 @@ class PartServer:
                           np.asarray(y, np.float32).reshape(x.shape[0], -1))
         except BadMessage as e:
             return encode({**base, "ok": False, "error": str(e)})
-        except Exception as e:  # ONNX Runtime failed on a well-formed request: say so, keep serving
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime failed on a well-formed request: say so, keep serving
             return encode({**base, "ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"})
 
 

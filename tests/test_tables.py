@@ -134,6 +134,15 @@ def test_recipes_bench_feeds_the_readme_row(tmp_path, random):
     row = next(ln for ln in body.splitlines() if "(`w8a8-vit`)" in ln)
     assert "recipes.json" in row and "48.0 (p50 of 30, in the run)" in row and "2.50x" in row
     assert ("| 61.23 |" in row) != random and ("random weights: speed/size only" in row) == random
+    # a run with overrides is recorded but never stands for the shipped recipe
+    man = json.loads((run / "manifest.json").read_text())
+    man["command"] += ["--set", "evaluation.test=20"]
+    (run / "manifest.json").write_text(json.dumps(man))
+    assert recipes_bench.main([str(run), "--out", str(out)]) == 0
+    assert not json.loads(out.read_text())["recipes"]["w8a8-vit"]["as_shipped"]
+    body = tables.render("readme-measured", root / "benchmarks" / "results")
+    row = next(ln for ln in body.splitlines() if "(`w8a8-vit`)" in ln)
+    assert "quant_all.json" in row and "recipes.json" not in row
 
 
 def test_recipes_bench_flags_a_changed_recipe(tmp_path):

@@ -115,6 +115,70 @@ def test_server_answers_malformed_requests_and_keeps_serving(deployment):
         assert not c.infer(_images(2)).degraded
 
 
+class _LossyParts:
+    """In-process stand-ins for the 3 part servers (real PartServer replies) that drop the first ``drop`` infer
+    requests of part 0: a lost request, for the retry logic."""
+
+    def __init__(self, path, drop: int):
+        import queue
+
+        from compress.split.serve import PartServer
+
+        self.servers = [PartServer(path, i) for i in range(3)]
+        self.drop, self.stop, self.q = drop, threading.Event(), queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.endpoints = self.q.get(timeout=10)
+
+    def _run(self):
+        ctx = zmq.Context()
+        socks = [ctx.socket(zmq.ROUTER) for _ in range(3)]
+        for s in socks:
+            s.setsockopt(zmq.LINGER, 0)
+            s.bind("tcp://127.0.0.1:*")
+        self.q.put([s.getsockopt_string(zmq.LAST_ENDPOINT) for s in socks])
+        poller = zmq.Poller()
+        for s in socks:
+            poller.register(s, zmq.POLLIN)
+        while not self.stop.is_set():
+            for s, _ in poller.poll(50):
+                frames = s.recv_multipart()
+                i = socks.index(s)
+                if i == 0 and self.drop > 0 and json.loads(frames[1])["op"] == "infer":
+                    self.drop -= 1
+                    continue
+                s.send_multipart([frames[0], *self.servers[i].reply(frames[1:])])
+        for s in socks:
+            s.close()
+        ctx.term()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_retry_recovers_a_lost_request(deployment, retries):
+    """Part 0 loses the first request: with a retry the call completes (after the first attempt's share of the
+    deadline); without one it is degraded with part 0 missing."""
+    x = _images(3, seed=7)
+    lossy = _LossyParts(deployment["path"], drop=1)
+    try:
+        with SplitClient(deployment["path"], lossy.endpoints, retries=retries) as c:
+            t0 = time.monotonic()
+            r = c.infer(x)
+            wall = time.monotonic() - t0
+    finally:
+        lossy.close()
+    if retries:
+        assert not r.degraded and DEADLINE_MS / 2e3 <= wall <= DEADLINE_MS / 1e3 + 0.5
+        ref = sf.ensemble(deployment["models"], deployment["head"], ORDER, x)
+    else:
+        assert r.degraded and r.missing == [0] and wall <= DEADLINE_MS / 1e3 + 0.5
+        ref = sf.ensemble(deployment["models"], deployment["head"], ORDER, x, missing={0})
+    assert np.abs(r.logits - ref).max() <= TOL
+
+
 def test_build_mismatch_is_refused(deployment):
     other = _variant(deployment["path"], deployment["dir"] / "b", build_id="build-b")
     with SplitClient(other, deployment["parts"].endpoints) as c:

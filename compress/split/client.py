@@ -121,7 +121,10 @@ class SplitClient:
             for i in sorted(pending):
                 if attempt:
                     self._reset(i)
-                self.socks[i].send_multipart(encode({"op": op, "id": rid}, payload[i]), copy=False)
+                try:  # never block on a part whose queue is full
+                    self.socks[i].send_multipart(encode({"op": op, "id": rid}, payload[i]), zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass  # counted as no answer; the socket is renewed below
             end = start + budget * (attempt + 1) / attempts
             while pending:
                 left = end - time.monotonic()
@@ -154,6 +157,7 @@ class SplitClient:
                 break
         for i in pending:
             errors[i] = f"no answer from {self.endpoints[i]} within {budget * 1e3:.0f} ms ({attempts} attempt(s))"
+            self._reset(i)  # requests queued for it are dropped; the next call starts clean
         return got, errors
 
     def _check_build(self, i: int, header: dict) -> None:

@@ -145,7 +145,9 @@ def readme_measured(R: Results) -> list[str]:
         elif name == "fp32-baseline":
             pt = by_name(qa["rows"], "fp32 (PyTorch reference)")["latency"]["cpu_p50_ms"]
             r = qa_fp32
-            rows.append([f"fp32 ONNX (PyTorch: {pt:.1f} ms CPU)", r["images"], f(r["top1"]), pm(r["delta_top1"]),
+            w8 = by_name(qa["rows"], QUANT_ALL_RECIPES["w8a8-vit"])
+            rows.append([f"fp32 ONNX (PyTorch: {pt:.1f} ms CPU; fp32 top-1 on the recipe runs' {w8['images']:,} test "
+                         f"images: {w8['top1'] - w8['delta_top1']:.2f})", r["images"], f(r["top1"]), pm(r["delta_top1"]),
                          f(r["agreement"], "{:.1f}"), f(r["size_mb"], "{:.1f}"),
                          f"{r['latency']['cpu_p50_ms']:.1f} (p50 of {qa_runs}, interleaved)", "1.00x",
                          "`quant_bench.py`", "quant_all.json"])

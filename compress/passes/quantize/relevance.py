@@ -172,8 +172,10 @@ class _Hooks:
                 return y.detach()
             x = inputs[0]
             tap = self.taps.setdefault(name, _Tap())
-            y.register_hook(lambda g: setattr(tap, "out_signed", tap.out_signed + (y * g).sum().item()))
-            x.register_hook(lambda g: setattr(tap, "in_signed", tap.in_signed + (x * g).sum().item()))
+            # a hook never captures the tensor it is registered on (that cycle keeps every graph alive)
+            yd, xd = y.detach(), x.detach()
+            y.register_hook(lambda g: setattr(tap, "out_signed", tap.out_signed + (yd * g).sum().item()))
+            x.register_hook(lambda g: setattr(tap, "in_signed", tap.in_signed + (xd * g).sum().item()))
             return y
 
         return hook
@@ -191,10 +193,12 @@ class _Hooks:
     def _block(self, i: int):
         def pre(mod, inputs):
             x = inputs[0]
-            x.register_hook(lambda g: self._add(self.block_in, i, x, g))
+            xd = x.detach()
+            x.register_hook(lambda g: self._add(self.block_in, i, xd, g))
 
         def post(mod, inputs, y):
-            y.register_hook(lambda g: self._add(self.block_out, i, y, g))
+            yd = y.detach()
+            y.register_hook(lambda g: self._add(self.block_out, i, yd, g))
 
         return pre, post
 

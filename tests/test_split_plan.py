@@ -296,3 +296,57 @@ def test_manifest_parts_and_files(tmp_path):
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(UserError, match="must be a JSON object"):
         mf.load(tmp_path / "list.json")
+
+
+# -- class-restricted saliency --------------------------------------------------------------------------------
+def test_class_restricted_sampled_is_the_subset_fisher():
+    """E[g g^T] of ``sampled``'s per-sample gradients equals the Hessian of the restricted KL at the teacher, and
+    every logit outside the subset has zero gradient and zero curvature."""
+    from compress.split.saliency import ClassRestricted
+
+    torch.manual_seed(0)
+    t = torch.randn(1, 6)
+    d = ClassRestricted([0, 2, 5])
+    n = 40000
+    y = t.repeat(n, 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(d.sampled(y, t.repeat(n, 1), torch.Generator().manual_seed(1)), y)
+    mc = g.T @ g / n
+    hess = torch.autograd.functional.hessian(lambda z: d.loss(z, t).sum(), t.clone())[0, :, 0, :]
+    assert (g[:, [1, 3, 4]] == 0).all() and (hess[[1, 3, 4]] == 0).all()
+    assert torch.allclose(mc, hess, atol=0.01), (mc, hess)
+    assert float(d.loss(t, t)) == 0.0
+
+
+def test_class_saliency_reads_only_the_subset():
+    """Hessian saliency (the prune pass's own compute, reused) of a randomly initialised tiny ViT for classes
+    {0, 2, 4}: unchanged when the head's rows of other classes or the images of other classes change; different
+    for the complementary subset."""
+    import copy
+
+    from compress.models import build
+    from compress.models.vit import ViTConfig
+    from compress.passes.prune.saliency import compute
+    from compress.split.saliency import class_saliency
+
+    torch.manual_seed(0)
+    model = build(ViTConfig.uniform(32, 2, 2, img_size=16, patch_size=8, global_pool="none", layer_scale=False)).eval()
+    teacher = copy.deepcopy(model)
+    head = torch.nn.Linear(64, 6)
+    x = torch.randn(24, 3, 16, 16)
+    y = np.arange(24) % 6
+
+    def sal(h, imgs, classes):
+        s = class_saliency(compute, model, teacher, classes, imgs, y, head=h, batch_size=8, seed=3)
+        return {k: v.clone() for k, v in s.samples.items()}
+
+    a = sal(head, x, [0, 2, 4])
+    h2 = copy.deepcopy(head)
+    with torch.no_grad():
+        h2.weight[[1, 3, 5]] = torch.randn(3, 64)
+    x2 = x.clone()
+    x2[np.isin(y, [1, 3, 5])] = torch.randn(12, 3, 16, 16)
+    b = sal(h2, x2, [0, 2, 4])
+    c = sal(head, x, [1, 3, 5])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.shape[0] == 12 for v in a.values())  # the subset's 12 images only
+    assert any(not torch.allclose(a[k], c[k]) for k in a)

@@ -179,6 +179,13 @@ def test_retry_recovers_a_lost_request(deployment, retries):
     assert np.abs(r.logits - ref).max() <= TOL
 
 
+def test_busy_endpoint_is_one_line(deployment):
+    from compress.split.serve import serve_part
+
+    with pytest.raises(UserError, match="cannot serve on tcp://127.0.0.1:"):
+        serve_part(deployment["path"], 0, deployment["parts"].endpoints[0])
+
+
 def test_build_mismatch_is_refused(deployment):
     other = _variant(deployment["path"], deployment["dir"] / "b", build_id="build-b")
     with SplitClient(other, deployment["parts"].endpoints) as c:
@@ -352,3 +359,5 @@ def test_killing_a_part_mid_run_degrades_within_the_deadline(deployment):
         assert time.monotonic() - t0 <= DEADLINE_MS / 1e3 + 0.5
         health = c.health()
         assert [h["ok"] for h in health] == [True, False, True]
+    deployment["parts"].stop()  # SIGTERM: the live servers leave cleanly
+    assert deployment["parts"].exit_codes == {0: 0, 1: -9, 2: 0}

@@ -91,6 +91,7 @@ class LocalParts:
         if self.method not in ("fork", "exec"):
             raise UserError(f"unknown start method {self.method!r}", "use fork or exec")
         self.procs: dict = {}
+        self.exit_codes: dict[int, int] = {}  # after stop(): each server's exit code (0: stopped cleanly)
         self.endpoints: list[str] = []
         self._tmp = None
 
@@ -151,6 +152,7 @@ class LocalParts:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        self.exit_codes = {i: p.returncode for i, p in self.procs.items()}
         self.procs = {}
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -293,6 +293,15 @@ def test_manifest_parts_and_files(tmp_path):
     big.write_text(" " * (mf.MAX_MANIFEST_BYTES + 1))
     with pytest.raises(UserError, match="larger than"):
         mf.load(big)
+    (tmp_path / "deep.json").write_text("[" * 200_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        mf.load(tmp_path / "deep.json")
+    ok = _manifest()
+    ok["parts"][0]["endpoint"] = "tcp://10.0.0.2:5555"
+    assert mf.parse(json.dumps(ok)).parts[0].endpoint == "tcp://10.0.0.2:5555"
+    ok["parts"][0]["endpoint"] = "ipc:///tmp/x"
+    with pytest.raises(UserError, match=r"parts\.0\.endpoint"):
+        mf.parse(json.dumps(ok))
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(UserError, match="must be a JSON object"):
         mf.load(tmp_path / "list.json")

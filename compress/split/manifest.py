@@ -48,7 +48,7 @@ class Part(Strict):
     artifact: str = Field(min_length=1, max_length=255)
     sha256: str = SHA256
     device: str = Field(pattern=_NAME)
-    endpoint: str | None = Field(None, max_length=255)  # where it is served by default (tcp://host:port)
+    endpoint: str | None = Field(None, pattern=r"^tcp://[A-Za-z0-9.\-\[\]:]{1,200}:([0-9]{1,5}|\*)$")  # its default
     output: Literal["logits", "features"] = "logits"
     output_dim: int = Field(ge=1, le=1_000_000)
     preprocess: Preprocess
@@ -119,6 +119,9 @@ def _where(err: dict) -> str:
 def parse(text: str, source: str = "manifest") -> Manifest:
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{source} is nested too deeply to be a manifest", "see docs/splitting.md for the format") \
+            from None
     except ValueError as e:
         raise UserError(f"{source} is not valid JSON ({e})", "write the manifest as JSON (docs/splitting.md)") from None
     if not isinstance(data, dict):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.split.assign import assign
 from compress.split.bundle import write_bundle
 from compress.split.fusion import train_fusion
 
@@ -36,8 +37,11 @@ def build(out_dir, parts: int = 3, build_id: str = "build-a", seed: int = 0, deg
     order = order or list(range(parts))
     labels = np.random.default_rng(seed).integers(0, CLASSES, 64)
     head = train_fusion([outs[i] for i in order], labels, CLASSES, hidden=32, epochs=30, part_dropout=0.3, seed=seed)
+    # placement on two made-up devices (latency ms, memory bytes per part): the plan travels in the manifest
+    lat = [[10.0 + k, 20.0 + k] for k in range(parts)]
+    plan = assign(lat, [[1.0, 1.0]] * parts, [2.0, 2.0], devices=["dev-fast", "dev-slow"])
     path = write_bundle(out_dir, list(zip(models, classes)), head, PRE, build_id, "tiny-random", order=order,
-                        degraded=degraded, runtime=runtime, class_names=[f"c{i}" for i in range(CLASSES)])
+                        degraded=degraded, runtime=runtime, class_names=[f"c{i}" for i in range(CLASSES)], plan=plan)
     return path, models, head, classes
 
 

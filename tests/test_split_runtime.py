@@ -88,6 +88,8 @@ def test_fused_equals_in_memory_ensemble(deployment):
     assert np.abs(r.logits - ref).max() <= TOL
     assert (r.pred == ref.argmax(1)).all()
     assert [h["ok"] for h in health] == [True] * 3 and {h["build_id"] for h in health} == {"build-a"}
+    m, _ = mf.load(deployment["path"])  # the assignment plan went into the manifest (optimum: 22 ms)
+    assert [p.device for p in m.parts] == [r["device"] for r in m.plan["parts"]] and m.plan["makespan_ms"] == 22.0
     # a different fusion order would give a different answer: the order is really applied
     wrong = sf.ensemble(deployment["models"], deployment["head"], [0, 1, 2], x)
     assert np.abs(wrong - ref).max() > 1e-3

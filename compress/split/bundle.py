@@ -35,8 +35,12 @@ def export_part(module: torch.nn.Module, size: int, path: str | Path, opset: int
 def write_bundle(out: str | Path, parts: list, head: FusionHead, preprocess: dict, build_id: str, model: str,
                  devices: list[str] | None = None, output: str = "logits", order: list[int] | None = None,
                  degraded: dict | None = None, runtime: dict | None = None, class_names: list[str] | None = None,
-                 endpoints: list[str] | None = None, plan: dict | None = None) -> Path:
-    """Export every part and the head into ``out`` and write ``out/split.json``; returns its path."""
+                 endpoints: list[str] | None = None, plan=None) -> Path:
+    """Export every part and the head into ``out`` and write ``out/split.json``; returns its path.
+    ``plan`` (an ``assign.Plan``) names each part's device and is recorded with its predicted latencies."""
+    if plan is not None and hasattr(plan, "to_dict"):
+        devices = devices or [plan.devices[d] if plan.devices else f"device{d}" for d in plan.device_of]
+        plan = plan.to_dict()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pre = mf.Preprocess(**preprocess)

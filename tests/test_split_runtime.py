@@ -181,11 +181,17 @@ def test_retry_recovers_a_lost_request(deployment, retries):
     assert np.abs(r.logits - ref).max() <= TOL
 
 
-def test_busy_endpoint_is_one_line(deployment):
-    from compress.split.serve import serve_part
+def test_busy_endpoint_and_artifact_width_are_one_line(deployment, tmp_path):
+    from compress.split.serve import PartServer, serve_part
 
     with pytest.raises(UserError, match="cannot serve on tcp://127.0.0.1:"):
         serve_part(deployment["path"], 0, deployment["parts"].endpoints[0])
+    shutil.copytree(deployment["path"].parent, tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "split.json").read_text())
+    data["parts"][0].update(output="features", output_dim=4)
+    (tmp_path / "m" / "split.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="part 0 artifact gives 3 outputs, the manifest says 4"):
+        PartServer(tmp_path / "m" / "split.json", 0)
 
 
 def test_build_mismatch_is_refused(deployment):
@@ -269,6 +275,7 @@ def _weights_outside(d):
     (lambda d: d["fusion"].update(onnx_sha256="0" * 64), "fusion head fusion.onnx does not match"),
     (lambda d: d["degraded"].update(policy="maybe"), "degraded.policy"),
     (lambda d: d["runtime"].update(deadline_ms=-1), "runtime.deadline_ms"),
+    (lambda d: d["parts"][0].update(output="features", output_dim=4), "fusion head takes 10 inputs, the manifest's"),
 ])
 def test_malformed_manifests_one_line_in_process(deployment, tmp_path, capsys, mutate, needle):
     """The same CLI path in this process (fast): exit 2 and one line naming the field or file."""

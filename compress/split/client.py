@@ -14,7 +14,8 @@ A part that did not answer in time, or answered with an error or a malformed ten
 manifest's ``degraded.policy`` then decides: ``fail`` raises ``PartsUnavailable`` (exit 4, naming the
 parts); ``fuse_available`` fuses the parts that answered (missing slots: zeros, mask 0; fusion.py) when at
 least ``degraded.min_parts`` did, and returns the result with ``degraded=True`` and ``missing`` listed. A
-result with ``degraded=False`` always has every part's answer.
+result with ``degraded=False`` always has every part's answer. One client per thread (ZeroMQ sockets are not
+thread-safe); several clients may share the part servers.
 """
 from __future__ import annotations
 
@@ -75,6 +76,11 @@ class SplitClient:
         fusion_path = mf.verified(folder, m.fusion.onnx, m.fusion.onnx_sha256, "fusion head")
         mf.verified(folder, m.fusion.weights, m.fusion.weights_sha256, "fusion weights")
         self.fusion = ort_session(fusion_path, 1)
+        width = self.fusion.get_inputs()[0].shape[-1]
+        want = sum(p.output_dim for p in m.parts) + len(m.parts)
+        if width != want:
+            raise UserError(f"fusion head takes {width} inputs, the manifest's parts give {want} (outputs + mask)",
+                            "rebuild the deployment: the head and the parts are from different builds")
         self.deadline_ms = deadline_ms if deadline_ms is not None else m.runtime.deadline_ms
         self.retries = retries if retries is not None else m.runtime.retries
         K = len(m.parts)

@@ -31,6 +31,10 @@ class PartServer:
         artifact = mf.verified(folder, self.part.artifact, self.part.sha256, f"part {index} artifact")
         self.session = ort_session(artifact, threads)
         self.input = self.session.get_inputs()[0].name
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != self.part.output_dim:
+            raise UserError(f"part {index} artifact gives {width} outputs, the manifest says {self.part.output_dim}",
+                            "rebuild the deployment: the artifact and the manifest disagree")
         self.served = 0
 
     def reply(self, frames: list[bytes]) -> list[bytes]:

@@ -22,11 +22,11 @@ from ...errors import UserError
 from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
-from . import compensate, remove, saliency
+from ...pruning import compensate, remove, saliency
 from .reconstruct import reconstruct
 from ...distill import Distiller, TeacherTargets, distill, teacher_outputs
-from .latency import OrtTimer, Predictor, best_ms, load
-from .select import STRUCTURES, Limits, Selector
+from ...pruning.budget import OrtTimer, Predictor, best_ms, load
+from ...pruning.select import STRUCTURES, Limits, Selector
 
 Structure = Literal["heads", "qk", "v", "mlp", "embed"]
 

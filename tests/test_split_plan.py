@@ -327,14 +327,13 @@ def test_class_restricted_sampled_is_the_subset_fisher():
 
 
 def test_class_saliency_reads_only_the_subset():
-    """Hessian saliency (the prune pass's own compute, reused) of a randomly initialised tiny ViT for classes
+    """Hessian saliency (the shared compute, reused unchanged) of a randomly initialised tiny ViT for classes
     {0, 2, 4}: unchanged when the head's rows of other classes or the images of other classes change; different
     for the complementary subset."""
     import copy
 
     from compress.models import build
     from compress.models.vit import ViTConfig
-    from compress.passes.prune.saliency import compute
     from compress.split.saliency import class_saliency
 
     torch.manual_seed(0)
@@ -345,7 +344,7 @@ def test_class_saliency_reads_only_the_subset():
     y = np.arange(24) % 6
 
     def sal(h, imgs, classes):
-        s = class_saliency(compute, model, teacher, classes, imgs, y, head=h, batch_size=8, seed=3)
+        s = class_saliency(model, teacher, classes, imgs, y, head=h, batch_size=8, seed=3)  # compute: compress.pruning's
         return {k: v.clone() for k, v in s.samples.items()}
 
     a = sal(head, x, [0, 2, 4])

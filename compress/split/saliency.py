@@ -11,11 +11,10 @@ reused unchanged, not copied:
   v = p_S - onehot(c), c ~ p_S, so E[v v^T] = diag(p_S) - p_S p_S^T, that loss's Hessian at the teacher
   (the categorical Fisher). Logits of other classes never enter.
 
-``ClassRestricted`` has the ``loss`` / ``sampled`` interface of ``compress.distill.Distiller``; hand it, with
-``class_batches``' images and the teacher's outputs on them, to the Hessian saliency's ``compute``. That
-function lives in ``compress/passes/prune/saliency.py`` today, which a split pass may not import: it (with
-``gates.py`` and the removal in ``remove.py``) has to move below the passes first; ``class_saliency`` takes it
-as an argument meanwhile (the tests pass the prune pass's own).
+``ClassRestricted`` has the ``loss`` / ``sampled`` interface of ``compress.distill.Distiller``; ``class_saliency``
+hands it, with ``class_batches``' images and the teacher's outputs on them, to the Hessian saliency's ``compute``
+(``compress.pruning.saliency``, below the passes, where the architecture refactor moves it from
+``compress/passes/prune/``; another function with its signature can be passed as ``compute``).
 """
 from __future__ import annotations
 
@@ -66,11 +65,14 @@ def class_batches(images: torch.Tensor, labels, classes: list[int], batch_size: 
     return list(x.split(batch_size))
 
 
-def class_saliency(compute, model, teacher, classes: list[int], images: torch.Tensor, labels,
+def class_saliency(model, teacher, classes: list[int], images: torch.Tensor, labels,
                    head: torch.nn.Module | None = None, batch_size: int = 16, embed_output: bool = False,
-                   seed: int = 0, **kw):
-    """Hessian saliency of ``model`` for the class subset: ``compute`` is the saliency function
-    (``compute(criterion, model, batches, teacher_out, distiller, embed_output, seed=...)``)."""
+                   seed: int = 0, compute=None, **kw):
+    """Hessian saliency of ``model`` for the class subset. ``compute`` is the saliency function
+    (``compute(criterion, model, batches, teacher_out, distiller, embed_output, seed=...)``); by default the
+    shared one in ``compress.pruning.saliency`` (below the passes)."""
+    if compute is None:
+        from ..pruning.saliency import compute
     batches = class_batches(images, labels, classes, batch_size)
     with torch.no_grad():
         t_out = [teacher(x) for x in batches]

@@ -344,7 +344,7 @@ def test_class_saliency_reads_only_the_subset():
     y = np.arange(24) % 6
 
     def sal(h, imgs, classes):
-        s = class_saliency(model, teacher, classes, imgs, y, head=h, batch_size=8, seed=3)  # compute: compress.pruning's
+        s = class_saliency(model, teacher, classes, imgs, y, head=h, batch_size=8, seed=3)
         return {k: v.clone() for k, v in s.samples.items()}
 
     a = sal(head, x, [0, 2, 4])

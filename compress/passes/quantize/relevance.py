@@ -283,7 +283,7 @@ def _seed(out: torch.Tensor, kind: str, center: torch.Tensor | None) -> torch.Te
 
 def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target: str = "auto", rule: Rule = "attnlrp",
                       *, head: Callable[[torch.Tensor], torch.Tensor] | None = None, eps: float = 0.1,
-                      center: bool | torch.Tensor = True, chunk: int = 8,
+                      center: bool | torch.Tensor = True, chunk: int = 2,
                       max_images: int | None = None) -> RelevanceProfile:
     """Propagate relevance from the target through every layer of ``model`` over ``batches``.
 
@@ -291,7 +291,8 @@ def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target:
     ``eps``: epsilon-rule stabiliser, relative to each token's RMS at that layer.
     ``center``: feature target explains f - mean(f) over the images (needs 2+ images; one extra forward),
     or f - ``center`` when given the mean pooled feature (no extra forward); False: f itself.
-    ``chunk``: images per backward pass (bounds memory). ``max_images``: use at most this many.
+    ``chunk``: images per backward pass (bounds memory: ~0.3 GB of graph per 224-px ViT-S image, 17% more CPU
+    at 1 than at 8). ``max_images``: use at most this many.
     """
     if rule not in RULES:
         raise UserError(f"unknown relevance rule {rule!r}", f"choose one of {', '.join(RULES)}")

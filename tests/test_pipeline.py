@@ -131,6 +131,8 @@ def test_run_outputs_report_manifest_and_fold_is_exact(tmp_path, image_folder, t
     assert set(manifest["resources"]["stages"]) >= {"pass:fold", "export", "evaluation"}
     assert manifest["resources"]["process_peak_rss_mb"] >= used["peak_rss_mb"]
     assert "peak resident memory" in (out / "report.md").read_text()
+    # latency is stated in process CPU time first, wall time beside it
+    assert "| CPU p50 ms | wall p50 ms | wall p90 ms |" in (out / "report.md").read_text()
     # the fold pass on its own: exact to float rounding
     from compress.passes.fold import FoldConfig, FoldPass
 

@@ -57,7 +57,7 @@ def latency(paths: dict[str, Path], rounds: int, size: int) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for _ in range(rounds):
             for k, r in runners.items():
-                times[k].append(measure(lambda: r(x), warmup=1, runs=3)["cpu_p50_ms"])
+                times[k].append(measure(lambda r=r: r(x), warmup=1, runs=3)["cpu_p50_ms"])
     return {k: float(torch.tensor(v).median()) for k, v in times.items()}
 
 
@@ -77,7 +77,7 @@ def calibrated(args, ctx, reference):
         state.history.append({"name": name, "type": name, "config": p.Config().model_dump(),
                               **(p(p.Config()).run(state, ctx) or {})})
     state.save(ckpt)
-    (ckpt / "done").write_text("calibration images: %d\n" % args.calibration)
+    (ckpt / "done").write_text(f"calibration images: {args.calibration}\n")
     return state
 
 
@@ -115,10 +115,10 @@ def main(argv=None) -> int:
     if args.smoke:
         args.test, args.probe_train, args.calibration, args.latency_rounds, args.verify_images = 10, 10, 4, 1, 2
     torch.set_num_threads(1)
+    from compress.kernels.integer import verify_codes
     from kernels_accuracy import int8_onnx, restated_target, score
 
     from compress.evaluation.evaluate import Evaluator
-    from compress.kernels.integer import verify_codes
     from compress.passes.kernels import KernelsConfig, KernelsPass, apply
     from compress.pipeline.checkpoint import load_any
     from compress.pipeline.context import RunContext

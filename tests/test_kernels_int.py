@@ -13,7 +13,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from compress.kernels import integer as I
 
 pytestmark = pytest.mark.timeout(240)
@@ -75,7 +74,7 @@ def test_every_intermediate_stays_below_2_31():
         assert e.max() == 2**15 and e[0] == 2**15  # the row max term is exactly 1.0 in Q15
         assert 65535 * 2**15 < 2**31  # the row sum
     a = np.arange(0, 32769, dtype=np.int64)  # |code|
-    for k in range(0, 15):
+    for k in range(15):
         d = I.KNEE[k] - np.minimum(a, I.KNEE[k])
         assert (d * I.ROOT[k]).max() < 2**31
         r = (d * I.ROOT[k]) >> I.M_BITS
@@ -114,7 +113,7 @@ def test_cuda_kernel_code_built_for_the_host_equals_reference(tmp_path):
                            ctypes.c_int64(cols), ctypes.c_int(k))
         assert torch.equal(out, I.softmax_codes(c, k))
     c = torch.arange(-32768, 32768, dtype=torch.int32)  # every int16 code
-    for k in range(0, 15):
+    for k in range(15):
         out = torch.empty_like(c)
         lib.vf_int_gelu(ctypes.c_void_p(c.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(c.numel()),
                         ctypes.c_int(k))
@@ -148,10 +147,9 @@ def test_w8a8_with_int_kernels_exports_equal_codes_and_reloads(tmp_path):
     ONNX Runtime's codes equal the PyTorch reference's; a changed constant in the graph fails the check."""
     from compress.errors import VerificationError
     from compress.export.onnx_export import export_onnx
+    from compress.models.float_view import float_view
     from compress.passes.quantize.export import int_codes_check
     from compress.passes.quantize.export_qdq import build_qdq
-    from compress.models.float_view import float_view
-    from compress.pipeline.state import ModelState
     from compress.pipeline.checkpoint import load_checkpoint
     from compress.pipeline.plan import load_recipe
     from compress.runtime import OrtRunner

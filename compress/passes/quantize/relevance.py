@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Literal
 import torch
 import torch.nn as nn
 
+from ... import ui
 from ...errors import UserError
 from ...models.pooling import pooled
 from ...models.vit import MatMul, Softmax, VisionTransformer
@@ -313,7 +314,8 @@ def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target:
             with torch.no_grad():
                 mean = torch.cat([_output(model, x, kind, head) for x in images.split(chunk)]).mean(0)
         with _Hooks(model, rule, eps) as hooks, torch.enable_grad():
-            for x in images.split(chunk):
+            for x in ui.progress(images.split(chunk), total=-(-len(images) // chunk), desc="relevance (LRP)",
+                                 unit="batch"):
                 x = x.clone().requires_grad_(True)
                 out = _output(model, x, kind, head)
                 seed = _seed(out, kind, mean)

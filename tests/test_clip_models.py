@@ -41,7 +41,7 @@ def test_open_clip_vit_b32_matches_open_clip():
         torch.testing.assert_close(m.encode_image(x), ref.encode_image(x, normalize=True), atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(m.encode_text(TEXTS), ref.encode_text(tok, normalize=True), atol=2e-5, rtol=1e-4)
         li, lt = m.logits(x, TEXTS)
-        ri, rt = ref(x, tok)[:2], None
+        ri = ref(x, tok)[:2]  # (normalised image, text features)
         torch.testing.assert_close(li, ref.logit_scale.exp() * ri[0] @ ri[1].T, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(lt, li.T)
         # the image tower the passes get: the projection is its head, its output the unnormalised embedding
@@ -98,7 +98,9 @@ def test_hf_clip_folder_matches_transformers(tmp_path):
         torch.testing.assert_close(m.encode_image(x, normalize=False), ri, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(m.encode_text(TEXTS, normalize=False), rt, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(m.logit_scale.exp(), ref.logit_scale.exp())
-        from compress.models import load_model  # the existing HF path hands the same image tower to the passes
+        from compress.models import (
+            load_model,  # the existing HF path hands the same image tower to the passes
+        )
 
         torch.testing.assert_close(load_model(str(tmp_path / "hf")).model(x), ri, atol=1e-5, rtol=1e-4)
     from compress.errors import UserError
@@ -146,6 +148,10 @@ def test_clip_folder_roundtrip_and_image_tower_loader(tmp_path):
         torch.testing.assert_close(back.encode_text(TEXTS), m.encode_text(TEXTS))
         vit = load_model(str(tmp_path / "c")).model  # a recipe's `model:` naming the folder gets the image tower
         torch.testing.assert_close(vit(x), m.encode_image(x, normalize=False))
+        with torch.no_grad():  # a changed tower goes back in: the inverse of image_tower()
+            vit.head.weight.mul_(2.0)
+        back.set_image_tower(vit)
+        torch.testing.assert_close(back.encode_image(x, normalize=False), 2 * m.encode_image(x, normalize=False))
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["clip"]["text"]["kind"] = "gpt"
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))

@@ -235,6 +235,23 @@ class CLIPModel(nn.Module):
         vit.load_state_dict(state)
         return vit.eval()
 
+    def set_image_tower(self, vit: VisionTransformer) -> None:
+        """Put a (pruned, distilled) canonical image tower back: the inverse of ``image_tower()``. A token-pool tower
+        brings its head as the visual projection; its config (per-block widths) becomes the CLIP config's."""
+        if self.cfg.image_pool != "token":
+            self.visual, self.cfg.vision = vit, vit.cfg
+            return
+        cfg, state, proj = _headless(vit.cfg, dict(vit.state_dict()))
+        if proj is None or proj.shape[0] != self.cfg.embed_dim:
+            raise ValueError(f"the image tower's head must map to the embedding width {self.cfg.embed_dim}")
+        cfg.global_pool = self.cfg.vision.global_pool
+        visual = VisionTransformer(cfg)
+        visual.load_state_dict(state)
+        self.visual, self.cfg.vision = visual.eval(), cfg
+        self.visual_projection = nn.Linear(proj.shape[1], proj.shape[0], bias=False)
+        with torch.no_grad():
+            self.visual_projection.weight.copy_(proj)
+
 
 def _headless(cfg: ViTConfig, state: dict) -> tuple[ViTConfig, dict, torch.Tensor | None]:
     """Split a canonical tower whose head is CLIP's visual projection into (tower, state, projection)."""

@@ -113,3 +113,27 @@ def test_bad_split_configs_exit_2_with_one_line(tmp_path, capsys, split, after, 
     code = main(["--recipe", str(r), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and match in err[0] and "Traceback" not in err[0]
+
+
+def test_parts_are_assigned_to_the_recipe_targets_at_the_smallest_predicted_makespan():
+    """Several targets: the plan is the brute-force optimum of the predicted per-device latencies."""
+    import itertools
+    from types import SimpleNamespace
+
+    from compress.passes.split import SplitConfig, SplitPass
+    from compress.split.assign import make_device, part_costs
+    from compress.split.submodel import PartModel
+    from compress.targets import load_profile
+
+    torch.manual_seed(0)
+    parts = [PartModel(build(tiny_config(embed_dim=e, depth=d, num_heads=2)), [k]) for k, (e, d) in
+             enumerate([(64, 3), (32, 2), (48, 2)])]
+    recs = [{"params": sum(p.numel() for p in m.parameters())} for m in parts]
+    ctx = SimpleNamespace(targets=[load_profile("raspberry-pi-5"), load_profile("x86-avx512")])
+    plan = SplitPass(SplitConfig(parts=3))._assign(ctx, parts, recs)
+    devs = [make_device(t["name"], t["name"]) for t in ctx.targets]
+    lat, _, _ = part_costs([m.encoder.cfg for m in parts], [r["params"] for r in recs], devs)
+    best = min(max(sum(lat[i][d] for i in range(3) if a[i] == d) for d in range(2))
+               for a in itertools.product(range(2), repeat=3))
+    assert plan.makespan_ms == pytest.approx(best) and len(plan.device_of) == 3
+    assert SplitPass(SplitConfig(parts=3))._assign(SimpleNamespace(targets=ctx.targets[:1]), parts, recs) is None

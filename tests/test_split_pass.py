@@ -77,6 +77,8 @@ def test_split_recipe_builds_a_verified_bundle_served_like_the_ensemble(tmp_path
         assert in_graph <= budget and abs(in_graph - r["params"]) <= 0.02 * r["params"]
         assert r["params"] < rec["original"]["params"]
     assert all(v["passed"] and v["max_abs"] <= 1e-3 for v in rec["verification"])  # ONNX Runtime vs PyTorch
+    ens = rec["ensemble_verification"]  # fused logits: ONNX parts + ONNX head vs the PyTorch parts + head
+    assert ens["images"] == 4 and ens["max_abs"] <= 1e-3 and ens["argmax_agreement"] == 1.0
     # determinism: the second run produced the same parts, head and build
     m2 = json.loads((runs[1] / "artifacts" / "split" / "split.json").read_text())
     assert [p["sha256"] for p in m2["parts"]] == [p["sha256"] for p in m["parts"]]

@@ -252,6 +252,7 @@ class SplitPass(Pass):
         from ...export.verify import verify
         from ...runtime import OrtRunner
         from ...split.bundle import write_bundle
+        from ...split.evaluate import in_memory
 
         c, d = self.config, self.config.deploy
         out = ctx.run_dir / BUNDLE
@@ -275,13 +276,23 @@ class SplitPass(Pass):
                 outs.append(_outputs(m, images, len(images)).numpy())
             feats = torch.from_numpy(assemble(outs, [o.shape[1] for o in outs], len(images)))
             v = verify(out / "fusion.onnx", OrtRunner(out / "fusion.onnx"), head, feats, d.verify_max_abs, 0.9999)
+            # the whole ensemble: part ONNX files + fusion ONNX in one process vs the PyTorch parts + head
+            with torch.inference_mode():
+                want = head(feats).numpy()
+            got = in_memory(path, images.numpy())
+            ens = {"images": len(images), "max_abs": float(np.abs(got - want).max()),
+                   "argmax_agreement": float((got.argmax(1) == want.argmax(1)).mean()), "limit": d.verify_max_abs}
+            if ens["max_abs"] > d.verify_max_abs or ens["argmax_agreement"] < 1:
+                raise VerificationError(f"the ONNX ensemble differs from the PyTorch ensemble: max|diff| "
+                                        f"{ens['max_abs']:.3g} (limit {d.verify_max_abs:g}), argmax agreement "
+                                        f"{ens['argmax_agreement']:.2f}")
         except VerificationError:
             shutil.rmtree(out, ignore_errors=True)  # nothing unverified is left
             raise
         ui.info(f"    bundle {path.relative_to(ctx.run_dir)}: {len(parts)} parts verified in ONNX Runtime "
                 f"(max|diff| {max(x['max_abs'] for x in checks):.2g}, limit {d.verify_max_abs:g})")
         return {"bundle": str(path.relative_to(ctx.run_dir)), "build_id": build,
-                "manifest_sha256": sha256_file(path), "verification": checks, "fusion_verification": v.to_dict()}
+                "manifest_sha256": sha256_file(path), "verification": checks, "fusion_verification": v.to_dict(), "ensemble_verification": ens}
 
     @staticmethod
     def _check_last(ctx) -> None:

@@ -11,12 +11,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import make_image_folder, tiny_config
 
 from compress.cli import main
 from compress.models import build
 from compress.pipeline.state import ModelState
-
-from conftest import make_image_folder, tiny_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -122,10 +121,11 @@ def test_parts_are_assigned_to_the_recipe_targets_at_the_smallest_predicted_make
     import itertools
     from types import SimpleNamespace
 
+    from compress.targets import load_profile
+
     from compress.passes.split import SplitConfig, SplitPass
     from compress.split.assign import make_device, part_costs
     from compress.split.submodel import PartModel
-    from compress.targets import load_profile
 
     torch.manual_seed(0)
     parts = [PartModel(build(tiny_config(embed_dim=e, depth=d, num_heads=2)), [k]) for k, (e, d) in
@@ -139,3 +139,24 @@ def test_parts_are_assigned_to_the_recipe_targets_at_the_smallest_predicted_make
                for a in itertools.product(range(2), repeat=3))
     assert plan.makespan_ms == pytest.approx(best) and len(plan.device_of) == 3
     assert SplitPass(SplitConfig(parts=3))._assign(SimpleNamespace(targets=ctx.targets[:1]), parts, recs) is None
+
+
+def test_a_classifier_is_split_on_its_own_logits(tmp_path, image_folder):
+    """A model whose head has the data's classes: parts output their classes' logits (no probe), recovered with
+    the KL on those logits; the bundle verifies (random weights: mechanics only)."""
+    from compress.passes.split import SplitConfig, SplitPass
+    from compress.pipeline.context import RunContext
+    from compress.recipes.schema import Recipe
+
+    torch.manual_seed(0)
+    state = ModelState(build(tiny_config(embed_dim=64, depth=2, num_heads=4, num_classes=3,
+                                         global_pool="token")).eval(), "tiny-cls")
+    recipe = Recipe(data={"path": str(image_folder), "batch_size": 4, "calibration": {"count": 6}},
+                    passes={"split": {}})
+    ctx = RunContext(recipe, tmp_path, state.clone())
+    rec = SplitPass(SplitConfig(**FAST | {"parts": 2, "saliency": {"images": 6, "batch_size": 3},
+                                          "fusion": {"images": 6, "epochs": 20, "hidden": 8}})).run(state, ctx)
+    assert not rec["probe_protocol"] and sorted(c for p in rec["partition"] for c in p) == [0, 1, 2]
+    m = json.loads((tmp_path / rec["bundle"]).read_text())
+    assert [p["output_dim"] for p in m["parts"]] == [len(c) for c in rec["partition"]]
+    assert all(p["params_ok"] for p in rec["parts"]) and rec["ensemble_verification"]["argmax_agreement"] == 1.0

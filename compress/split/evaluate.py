@@ -131,7 +131,7 @@ def evaluate_served(manifest: str | Path, data: str, split: str = "test", count:
                 ref.append((time.perf_counter() - t) * 1e3)
     mem = np.concatenate([in_memory(manifest, x[at:at + 64]) for at in range(0, len(x), 64)])
     top1 = float((served.argmax(1) == y).mean())
-    out = {"manifest": str(manifest), "build_id": m.build_id, "images": int(len(y)), "split": split,
+    out = {"manifest": str(manifest), "build_id": m.build_id, "images": len(y), "split": split,
            "top1": round(100 * top1, 2), "degraded_calls": degraded,
            "ensemble_max_abs_diff": float(np.abs(served - mem).max()),
            "ensemble_argmax_agreement": float((served.argmax(1) == mem.argmax(1)).mean()),
@@ -165,4 +165,4 @@ def is_manifest(path: str | None) -> bool:
     return bool(path) and str(path).endswith(".json") and Path(path).is_file()
 
 
-__all__ = ["evaluate_served", "in_memory", "empty_bundle", "is_manifest"]
+__all__ = ["empty_bundle", "evaluate_served", "in_memory", "is_manifest"]

@@ -9,13 +9,14 @@ from ...report import register_section
 @register_section("split")
 def section(rec: dict, run_dir: Path) -> str:
     o = rec["original"]
-    md = [f"- {len(rec['parts'])} parts of {rec['classes']} classes, partition **{rec['partition_rule']}**"
-          + (f" (within-part similarity {rec['within_similarity']:.3f})" if rec.get("within_similarity") is not None
-             else "") + ("; probe protocol (headless encoder)" if rec["probe_protocol"] else ""),
-          f"- original {o['params'] / 1e6:.3f} M parameters, {o['predicted_ms']:.2f} ms predicted ({rec['target']}, "
-          f"{rec['latency_source']}); part budget {rec['part_budget_params'] / 1e6:.3f} M parameters",
-          f"- bundle `{rec['bundle']}` (build {rec['build_id']}); every part ONNX verified against its PyTorch "
-          f"sub-model; score it served: `compress eval {rec['bundle']} --data ...`",
+    sim = rec.get("within_similarity")
+    md = [(f"- {len(rec['parts'])} parts of {rec['classes']} classes, partition **{rec['partition_rule']}**"
+           + (f" (within-part similarity {sim:.3f})" if sim is not None else "")
+           + ("; probe protocol (headless encoder)" if rec["probe_protocol"] else "")),
+          (f"- original {o['params'] / 1e6:.3f} M parameters, {o['predicted_ms']:.2f} ms predicted ({rec['target']}, "
+           f"{rec['latency_source']}); part budget {rec['part_budget_params'] / 1e6:.3f} M parameters"),
+          (f"- bundle `{rec['bundle']}` (build {rec['build_id']}); every part ONNX verified against its PyTorch "
+           f"sub-model; score it served: `compress eval {rec['bundle']} --data ...`"),
           f"- fusion head trained on {rec['fusion']['images']} held-out training images",
           "", "| part | classes | params (M) | within budget | predicted ms | embed | ONNX max abs diff |",
           "|---|---|---|---|---|---|---|"]

@@ -198,7 +198,7 @@ class SplitPass(Pass):
             embed_output = not keep_out and not isinstance(sub.norm, remove.WidthRestore)
             sal = class_saliency(sub, teacher, cls, x_cal, y_cal, probe, c.saliency.batch_size, embed_output,
                                  seed=seed + i)
-            plan, st = Selector(sub.cfg, sal, pred, lim, c.structures).run(budget_ms)
+            plan, _ = Selector(sub.cfg, sal, pred, lim, c.structures).run(budget_ms)
             moments = compensate.collect(sub, batches, remove.consumers(sub, plan)) if c.compensate else None
             remove.apply_plan(sub, plan, keep_out, moments)
             steps.append({"budget_ms": budget_ms, "predicted_ms": pred.model(sub.cfg), "removed": plan.counts(),

@@ -1,7 +1,7 @@
 """The ``split`` pass's typed config (ED-ViT: class-wise sub-models, fused by an MLP)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -66,6 +66,7 @@ class DeployConfig(Strict):
 
 
 class SplitConfig(PassConfig):
+    VERSION: ClassVar[int] = 1
     parts: int = Field(4, ge=2, le=64, description="sub-models (K); at most the number of classes")
     partition: Literal["similarity", "random"] = "similarity"
     structures: list[Structure] = Field(default_factory=lambda: ["heads", "qk", "v", "mlp", "embed"], min_length=1)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(240)
 
 FAST = {"roofline": True, "saliency": {"images": 8, "batch_size": 4},
         "recovery": {"steps": 4, "images": 16, "batch_size": 4, "cache_teacher": False},
-        "probe": {"images": 16, "epochs": 50}, "fusion": {"images": 12, "epochs": 50, "hidden": 16}}
+        "probe": {"images": 16, "epochs": 50}, "fusion": {"images": 12, "epochs": 50, "hidden": 16},
+        "deploy": {"measure_runs": 3}}
 
 
 def _recipe(tmp: Path, split: dict, after: str = "") -> Path:
@@ -90,7 +91,9 @@ def test_split_recipe_builds_a_verified_bundle_served_like_the_ensemble(tmp_path
     # the split artifacts are listed (not scored as single models) beside the unsplit baseline
     names = {a["name"] for a in json.loads((out / "export.json").read_text())["artifacts"]}
     assert {"split-part0", "split-part1", "split-fusion", "split-manifest", "baseline-fp32"} <= names
-    assert "| part |" in (out / "report.md").read_text()
+    assert "| part |" in (out / "report.md").read_text() and "the largest part is" in (out / "report.md").read_text()
+    ms = rec["measured"]  # timed (random weights: no latency claim), each part against the unsplit model
+    assert len(ms["parts_ms"]) == 2 and ms["unsplit_ms"] > 0 and ms["largest_ratio"] == max(ms["parts_ms"]) / ms["unsplit_ms"]
     # served (2 part processes + the client) vs the in-memory ensemble (same ONNX files, one process, no RPC)
     capsys.readouterr()
     assert main(["eval", str(man), "--data", str(tmp_path / "imgs"), "--images", "16", "--runs", "3",

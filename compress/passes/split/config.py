@@ -63,6 +63,8 @@ class DeployConfig(Strict):
     assign: Literal["auto", "exact", "greedy"] = "auto"
     verify_max_abs: float = Field(1e-3, gt=0, description="ONNX Runtime vs PyTorch, per part output element")
     verify_images: int = Field(4, ge=1, le=1024)
+    measure_runs: int = Field(12, ge=0, le=10_000, description="ONNX Runtime timing runs of each part against the "
+                              "unsplit model (batch 1, 1 thread, process CPU time, interleaved; 0: skip)")
 
 
 class SplitConfig(PassConfig):

@@ -24,6 +24,11 @@ def section(rec: dict, run_dir: Path) -> str:
         md.append(f"| {p['index']} | {','.join(map(str, p['classes']))} | {p['params'] / 1e6:.3f} | "
                   f"{'yes' if p['params_ok'] else 'NO'} | {p['predicted_ms']:.2f} | {p['widths']['embed_dim']} | "
                   f"{v['max_abs']:.2g} |")
+    ms = rec.get("measured")
+    if ms:
+        md += ["", f"Measured in ONNX Runtime (batch 1, 1 thread, best of {ms['runs']}, process CPU time, interleaved): "
+                   f"unsplit {ms['unsplit_ms']:.2f} ms; parts " + ", ".join(f"{x:.2f}" for x in ms["parts_ms"])
+               + f" ms; the largest part is **{ms['largest_ratio']:.3f}x** the unsplit model."]
     plan = rec.get("plan")
     if plan:
         md += ["", f"Device plan ({plan['method']}), predicted makespan {plan['makespan_ms']:.2f} ms:", "",

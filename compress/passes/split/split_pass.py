@@ -77,6 +77,20 @@ def _align(profile: dict, override: int | None) -> int:
     return int(a.get("fp32", 8) if isinstance(a, dict) else a)
 
 
+class _PartTimer:
+    """A part's ONNX in ONNX Runtime (1 thread) on one fixed image: ``run`` for ``best_ms``."""
+
+    def __init__(self, path, size: int):
+        from ...runtime import ort_session
+
+        self.session = ort_session(path, 1)
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
+        self.feed = {self.session.get_inputs()[0].name: x}
+
+    def run(self) -> None:
+        self.session.run(None, self.feed)
+
+
 @register_pass
 class SplitPass(Pass):
     name = "split"
@@ -170,6 +184,8 @@ class SplitPass(Pass):
                "predicted_ms": Predictor(lm, cfg0, None).model(cfg0)}, "part_budget_params": part_budget,
                "parts": recs, "fusion": fusion_rec, "plan": plan.to_dict() if plan is not None else None}
         rec |= self._bundle(ctx, parts, classes, head, cfg0, plan, x_cal[:c.deploy.verify_images], rec)
+        if c.deploy.measure_runs:
+            rec["measured"] = self._measure(model0, ctx.run_dir / BUNDLE, len(parts), cfg0.img_size)
         rec |= {"seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
         return rec
 
@@ -293,6 +309,20 @@ class SplitPass(Pass):
                 f"(max|diff| {max(x['max_abs'] for x in checks):.2g}, limit {d.verify_max_abs:g})")
         return {"bundle": str(path.relative_to(ctx.run_dir)), "build_id": build,
                 "manifest_sha256": sha256_file(path), "verification": checks, "fusion_verification": v.to_dict(), "ensemble_verification": ens}
+
+    def _measure(self, model0, folder, K: int, size: int) -> dict:
+        """Each part's ONNX against the unsplit model's, ONNX Runtime, batch 1, 1 thread, best-of process CPU
+        time, interleaved (``compress.pruning.budget.best_ms``)."""
+        from ...pruning.budget import OrtTimer, best_ms
+
+        orig = OrtTimer(model0, 1)
+        timers = [orig] + [_PartTimer(folder / f"part{i}.onnx", size) for i in range(K)]
+        ms = best_ms(timers, self.config.deploy.measure_runs)
+        orig.close()
+        ui.info(f"    measured (ONNX Runtime, 1 thread, CPU time): unsplit {ms[0]:.2f} ms, parts "
+                + ", ".join(f"{m:.2f}" for m in ms[1:]) + f" ms; largest part {max(ms[1:]) / ms[0]:.3f}x")
+        return {"unsplit_ms": ms[0], "parts_ms": ms[1:], "largest_ratio": max(ms[1:]) / ms[0],
+                "runs": self.config.deploy.measure_runs, "clock": "process CPU time, best of, 1 thread"}
 
     @staticmethod
     def _check_last(ctx) -> None:

@@ -334,3 +334,44 @@ def verify_codes(onnx_path, model: nn.Module, images: torch.Tensor) -> dict:
     out["model_input_codes_equal"] = out.pop("model_input_equal") / n
     out["model_output_codes_equal"] = out.pop("model_output_equal") / n
     return out
+
+
+def gather_shifts(proto) -> int:
+    """Rewrite each integer kernel's per-element shift (Cast to uint32, BitShift, Cast back) as a Div by a Gather
+    from the table 2^0 .. 2^30, for runtimes without uint32 tensors (TensorRT): the same bits (the shifted value
+    is non-negative, the amount at most 30). Returns how many were rewritten; ``proto`` is changed in place."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    by_out = {o: n for n in g.node for o in n.output}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    table = "vf_int_pow2_table"
+    done, drop, add = 0, set(), {}
+    for n in g.node:
+        if n.op_type != "BitShift":
+            continue
+        cy, cs = by_out.get(n.input[0]), by_out.get(n.input[1])
+        back = users.get(n.output[0], [])
+        if not (cy and cs and cy.op_type == cs.op_type == "Cast" and len(back) == 1 and back[0].op_type == "Cast"):
+            continue
+        base = n.name or n.output[0]
+        gather = helper.make_node("Gather", [table, cs.input[0]], [base + "/pow2"], name=base + "/Gather", axis=0)
+        div = helper.make_node("Div", [cy.input[0], base + "/pow2"], [back[0].output[0]], name=base + "/Div")
+        add[id(back[0])] = [gather, div]
+        drop |= {id(cy), id(cs), id(n)}
+        done += 1
+    if done:
+        nodes = []
+        for n in g.node:
+            if id(n) in add:
+                nodes += add[id(n)]
+            elif id(n) not in drop:
+                nodes.append(n)
+        del g.node[:]
+        g.node.extend(nodes)
+        g.initializer.append(numpy_helper.from_array(np.array([2**j for j in range(31)], np.int32), table))
+    return done

@@ -164,6 +164,12 @@ def test_w8a8_with_int_kernels_exports_equal_codes_and_reloads(tmp_path):
     proto, _ = build_qdq(tmp_path / "f.onnx", model, "onnxruntime")
     onnx.save(proto, str(tmp_path / "q.onnx"))
     r = int_codes_check(tmp_path / "q.onnx", model, x)
+    # the TensorRT form (no uint32: the shift as a Div by a Gather of powers of two) computes the same codes
+    trt, _ = build_qdq(tmp_path / "f.onnx", model, "tensorrt")
+    assert I.gather_shifts(trt) == 2 and not {n.op_type for n in trt.graph.node} & {"BitShift"}
+    assert not any(a.name == "to" and a.i == onnx.TensorProto.UINT32 for n in trt.graph.node for a in n.attribute)
+    onnx.save(trt, str(tmp_path / "trt.onnx"))
+    assert int_codes_check(tmp_path / "trt.onnx", model, x)["kernel_mismatches"] == 0
     assert r["kernels"] == 4 and r["codes"] > 40_000 and r["kernel_codes_equal"] and r["kernel_mismatches"] == 0
     assert r["model_output_codes_equal"] > 0.999
     with torch.no_grad():

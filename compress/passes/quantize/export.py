@@ -80,6 +80,10 @@ def export_one(req: ExportRequest, fmt: str, cfg: QuantizeConfig) -> Artifact:
     if fmt == "tensorrt":
         ref, notes = tensorrt_view(model)
         proto, more = build_qdq(req.float_onnx, ref, "tensorrt")
+        from ...kernels.integer import gather_shifts
+
+        if gather_shifts(proto):  # integer kernels: TensorRT has no uint32 tensors
+            more.append("integer kernels: the per-element shift runs as a Div by a Gather of 2^0..2^30 (no uint32)")
     elif fmt == "matmulnbits":
         proto, more = build_nbits(req.float_onnx, model, cfg.nbits_block, cfg.nbits_accuracy_level)
     else:

@@ -162,7 +162,7 @@ def run_variant(name, ev, reference, ctx, out: Path, cache: dict, wait_s: float 
     Models are built (and INT8 ones calibrated) before the fp32 reference features are needed."""
     from compress.export.onnx_export import export_onnx
     from compress.export.verify import verify
-    from compress.passes.kernels import KernelsConfig, apply
+    from compress.passes.kernel_swap import KernelsConfig, apply
     from compress.runtime import OrtRunner, TorchRunner
 
     if name == "int8~jitter":  # the measurement's floor: the exact-ops INT8 graph on inputs moved by 1e-6
@@ -238,7 +238,7 @@ def onnx_latency(out: Path, reference, runs: int) -> dict:
     benchmark lock (the approximations target accelerators; on a CPU they cost time, measured here)."""
     import fcntl
 
-    from compress.evaluation.latency import measure
+    from compress.evaluation.timing import measure
     from compress.export.onnx_export import export_onnx
     from compress.runtime import OrtRunner
 

@@ -164,7 +164,7 @@ def bench_gelu(bench, kb, device, copy_gbs, shapes) -> list[dict]:
 
 
 def int_impls(kb: dict) -> dict:
-    from compress.kernels.triton import integer as tint
+    from compress.kernels import triton_integer as tint
 
     return {"triton": tint} | ({"cuda": kb["cuda"]} if "cuda" in kb else {})
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def latency(paths: dict[str, Path], rounds: int, size: int) -> dict:
     import fcntl
 
-    from compress.evaluation.latency import measure
+    from compress.evaluation.timing import measure
     from compress.runtime import OrtRunner
 
     runners = {k: OrtRunner(p) for k, p in paths.items()}
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from kernels_accuracy import features, int8_onnx, score
 
     from compress.kernels.integer import verify_codes
-    from compress.passes.kernels import KernelsConfig, KernelsPass
+    from compress.passes.kernel_swap import KernelsConfig, KernelsPass
     from compress.pipeline.base import available_passes
     from compress.pipeline.context import RunContext
     from compress.pipeline.checkpoint import load_any

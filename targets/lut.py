@@ -84,7 +84,7 @@ def build_lut(target: str, grid: str | dict = "default", threads: int | None = N
     import onnxruntime
 
     from . import load_profile
-    from .latency import LatencyModel
+    from .latency_models import LatencyModel
 
     prof = load_profile(target)
     threads = threads or int(prof.get("threads", 1))
@@ -153,7 +153,7 @@ def measure_model_ms(cfg: ViTConfig, threads: int = 1, runs: int = 10, warmup: i
 def validate(target: str, lut: dict, cfgs: list, threads: int = 1, runs: int = 10) -> list[dict]:
     """Predicted vs measured latency of whole models (ViTConfig each)."""
     from . import load_profile
-    from .latency import LutLatencyModel
+    from .latency_models import LutLatencyModel
 
     lm = LutLatencyModel(target, load_profile(target), lut)
     rows = []

@@ -6,7 +6,10 @@ imports under ``if TYPE_CHECKING:`` are left out. A module's package is the fold
 ``compress.targets`` (device profiles, LUTs) and ``compress.targets.exporters`` are different packages.
 
 Package cycles, counted as elementary cycles of the package graph (issue 18): 46 before the refactor (main at f943977),
-0 after.
+9 after its first half (0436035: export <-> targets, targets <-> its subpackages, kernels <-> passes.quantize and
+kernels <-> kernels.triton), 0 after the targets split in two layers (``compress.targets`` below,
+``compress.targets.deploy`` above the export stage), the ONNX graph helpers moved to ``compress.utils`` and the Triton
+kernels moved beside their dispatcher.
 """
 from __future__ import annotations
 
@@ -126,15 +129,15 @@ def pass_of(module: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: cycles being removed")
 def test_no_cycle_between_packages():
     cycles = package_cycles(package_graph())
     assert not cycles, f"{len(cycles)} package cycles, e.g. " + "; ".join(" -> ".join(c + [c[0]]) for c in cycles[:5])
 
 
-def test_no_pass_imports_another_pass_or_evaluation():
+def pass_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a pass module into another pass's module, or of ``compress.evaluation`` into a pass."""
     bad = []
-    for m, deps in import_graph().items():
+    for m, deps in graph.items():
         p = pass_of(m)
         if p is None:
             continue
@@ -144,7 +147,53 @@ def test_no_pass_imports_another_pass_or_evaluation():
                 bad.append(f"{m} imports pass module {d}")
             if d == "compress.evaluation" or d.startswith("compress.evaluation."):
                 bad.append(f"{m} imports {d}")
+    return bad
+
+
+def test_no_pass_imports_another_pass_or_evaluation():
+    bad = pass_violations(import_graph())
     assert not bad, "\n".join(bad)
+
+
+def test_the_checks_fail_on_a_violation(tmp_path, monkeypatch):
+    """A pass importing another pass, or the evaluation, and a package cycle, each planted in a copy of the tree."""
+    import shutil
+
+    for prefix, root in ROOTS.items():
+        shutil.copytree(root, tmp_path / prefix, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.yaml"))
+    monkeypatch.setattr(sys.modules[__name__], "ROOTS", {p: tmp_path / p for p in ROOTS})
+    assert not pass_violations(import_graph()) and not package_cycles(package_graph())
+    fold = tmp_path / "compress" / "passes" / "fold.py"
+    fold.write_text(fold.read_text() + "\n\ndef _late():\n    from .prune import pruner\n"
+                    "    from ..evaluation.evaluate import Evaluator\n")
+    assert pass_violations(import_graph()) == ["compress.passes.fold imports compress.evaluation.evaluate",
+                                               "compress.passes.fold imports pass module compress.passes.prune.pruner"]
+    lower = tmp_path / "compress.targets" / "devices.py"
+    lower.write_text(lower.read_text() + "\n\ndef _late():\n    from .deploy import commands\n")
+    assert ["compress.targets", "compress.targets.deploy"] in package_cycles(package_graph())
+
+
+def test_validating_a_recipe_imports_no_exporter(tmp_path):
+    """Loading a recipe that names targets and their exporters (and a pass with its own exporter) checks every name,
+    and imports none of the upper targets layer (device exporters, TensorRT kits, profilers, runtimes)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\npasses:\n  quantize: {}\ntargets:\n  - jetson-orin-nano\n"
+                      "  - {name: x86-avx512, exporters: [onnxruntime, openvino]}\n")
+    code = ("import sys\nfrom compress.pipeline.plan import load_recipe\n"
+            f"lr = load_recipe({str(recipe)!r})\n"
+            "assert [p.name for _, p in lr.passes] == ['quantize'] and len(lr.recipe.targets) == 2\n"
+            "upper = ('compress.targets.deploy', 'compress.targets.exporters', 'compress.targets.tensorrt',"
+            " 'compress.targets.profiler', 'openvino', 'executorch', 'tensorrt')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(upper)))\n"
+            "assert 'compress.targets' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: r\ntargets:\n  - {name: x86-avx512, exporters: [openvno]}\n")
+    r = subprocess.run([sys.executable, "-m", "compress", "--recipe", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and "unknown exporter 'openvno'" in r.stderr and "did you mean 'openvino'" in r.stderr
 
 
 def test_graph_sees_lazy_and_relative_imports(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 from ... import ui
 from ...export.artifacts import Artifact, ExportRequest
 from .. import resolve_precision
-from ..latency import canonical_precision
+from ..latency_models import canonical_precision
 
 _LABEL = re.compile(r"^w(\d+(?:\.\d+)?)(?:\([^)]*\))?(?:a(\d+))?")
 
@@ -90,6 +90,3 @@ def nearest(req: ExportRequest, wanted: str, runtime_precisions: list[str]) -> t
 def verify_limits(req: ExportRequest) -> tuple[float, float]:
     v = req.recipe.export.verify
     return v.max_abs, v.min_cosine
-
-
-from . import executorch, onnxruntime, openvino  # noqa: E402,F401  register the exporters

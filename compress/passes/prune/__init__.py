@@ -8,6 +8,5 @@ Modules: ``gates`` (per-sample structure gates), ``saliency`` (Hessian / magnitu
 ``latency`` (predicted and measured), ``pruner`` (the pass; distillation recovery from
 ``compress.distill``), ``report`` (its report section). See docs/pruning.md.
 """
-from . import report  # noqa: F401  registers the report section
 from .pruner import PruneConfig, PrunePass  # noqa: F401
 from .remove import Plan, apply_plan  # noqa: F401

@@ -69,7 +69,7 @@ def storage_bits(bits: int) -> int:
 def latency_costs(model, names: list[str], candidates: list[int], target: str, act_bits: int | None) -> dict:
     """Roofline ms of each linear at each width on ``target`` (batch 1): weight bytes of the storage
     container, INT8 GEMMs when activations are quantized, else weight-only dequantization to float."""
-    from ...targets.latency import Op, roofline_model
+    from ...targets.latency_models import Op, roofline_model
 
     lm = roofline_model(target)
     tokens = model.cfg.num_tokens

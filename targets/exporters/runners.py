@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..runtime import register_runner
+from ...errors import UserError
+from ...runtime import register_runner
 
 OV_PRECISION_KEY = ("vitforge", "inference_precision")  # rt_info entry the OpenVINO exporter writes
 

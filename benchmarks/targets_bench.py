@@ -251,6 +251,7 @@ def bench_model(ref: str, args, earlier: dict | None = None) -> dict:
     roof, lut = roofline_model("x86-avx512"), load_latency_model("x86-avx512")
     best8 = min((r for r in rows if is_int8(r) and r["who"] == "ours"),
                 key=lambda r: r["latency"]["cpu_p50_ms"], default=None)
+    ort = next(r for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32")  # the ORT fp32 row
     estimates = {"roofline_fp32_ms": roof.model_ms(cfg, "fp32"), "roofline_int8_ms": roof.model_ms(cfg, "int8"),
                  "lut_fp32_ms": lut.model_ms(cfg, "fp32") if lut.source == "lut" else None,
                  "measured_ort_fp32_ms": ort["latency"]["p50_ms"], "measured_ort_fp32_cpu_ms": ort["latency"]["cpu_p50_ms"]}

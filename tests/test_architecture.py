@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"compress": REPO / "compress", "compress.kernels": REPO / "kernels", "compress.targets": REPO / "targets"}
 
@@ -208,6 +209,7 @@ def test_graph_sees_lazy_and_relative_imports(tmp_path):
     assert pass_of("compress.passes.prune.pruner") == "prune" and pass_of("compress.pipeline.run") is None
 
 
+@pytest.mark.slow  # one forked import per module: about 3 CPU minutes
 def test_every_module_imports():
     """Each module imported on its own into a fresh interpreter state: a child forked from a process that has
     loaded only third-party libraries and compress's root (an import-order cycle or a missing name fails here)."""

@@ -9,7 +9,7 @@ import pytest
 
 from compress.kernels import cuda
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.nvcc]
 
 
 @pytest.fixture(scope="module")

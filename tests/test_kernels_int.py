@@ -147,7 +147,6 @@ def test_w8a8_with_int_kernels_exports_equal_codes_and_reloads(tmp_path):
     from compress.passes.quantize.export import int_codes_check
     from compress.passes.quantize.export_qdq import build_qdq
     from compress.models.float_view import float_view
-    from compress.pipeline.state import ModelState
     from compress.pipeline.checkpoint import load_checkpoint
     from compress.pipeline.plan import load_recipe
     from compress.runtime import OrtRunner

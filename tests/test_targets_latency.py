@@ -22,10 +22,10 @@ def test_every_profile_is_complete_and_cited():
         assert p["roofline"]["bandwidth_gbs"] > 0 and p["roofline"]["peak_gflops"]["fp32"] > 0
         for e in p["exporters"]:
             assert e in TARGET_EXPORTERS, f"{name}: exporter {e} is not registered"
+        assert len(p["sources"]) >= 2 and all(s["figure"] and s["source"] for s in p["sources"])
     from compress.targets import BUILTIN_EXPORTERS  # the names recipes are checked against, without importing these
 
     assert set(BUILTIN_EXPORTERS) == set(TARGET_EXPORTERS)
-        assert len(p["sources"]) >= 2 and all(s["figure"] and s["source"] for s in p["sources"])
     orin = load_profile("jetson-orin-nano")
     assert "int8" in orin["precisions"] and "int4" in orin["precisions"] and "fp8" not in orin["precisions"]
     assert orin["runtimes"]["tensorrt"]["version"].startswith("10.")

@@ -263,7 +263,6 @@ def _checkpoint(tmp_path, edit=None, history=()):
 ])
 def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
     from compress.errors import UserError
-    from compress.pipeline.state import ModelState
 
     ckpt = _checkpoint(tmp_path, edit)
     with pytest.raises(UserError, match=what):  # the 50 x 8192-wide config (40G params, 160 GB) is refused unallocated
@@ -271,8 +270,6 @@ def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
 
 
 def test_checkpoint_loads_after_the_header_check(tmp_path):
-    from compress.pipeline.state import ModelState
-
     st, _ = load_checkpoint(_checkpoint(tmp_path))
     assert st.cfg.patch_size == 8 and next(st.model.parameters()).device.type == "cpu"
 

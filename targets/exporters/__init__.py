@@ -1,6 +1,8 @@
 """Target exporters: what each device runs, built from what the model state already has.
 
-Registered as ``target:<exporter>`` (profiles list theirs under ``exporters``). They receive the
+Registered by name with ``register_target_exporter`` (profiles list theirs under ``exporters``) when
+``compress.targets.deploy`` imports them; ``check`` (targets_check) and ``runners`` (ExecuTorch and OpenVINO
+runtimes) live beside them. They receive the
 ``ExportRequest`` with the target profile in ``req.target`` and the artifacts so far in
 ``req.artifacts`` (the float graph, and the quantization pass's Q/DQ INT8 / INT4 graphs when present),
 convert what the device can run, verify every file in its runtime, and record the precision it

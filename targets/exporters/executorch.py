@@ -113,7 +113,8 @@ def calibration_images(req: ExportRequest, count: int | None = None) -> list[tor
     return [torch.stack(imgs[i:i + bs]) for i in range(0, len(imgs), bs)]
 
 
-def export_pte(model: nn.Module, dest: Path, precision: str, calibration: list[torch.Tensor] | None = None) -> tuple[Path, nn.Module]:
+def export_pte(model: nn.Module, dest: Path, precision: str,
+               calibration: list[torch.Tensor] | None = None) -> tuple[Path, nn.Module]:
     """Lower ``model`` (fp32, eval) to ``dest``; returns the file and the PyTorch module it came from."""
     cfg = model.cfg
     example = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)

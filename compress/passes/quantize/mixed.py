@@ -52,7 +52,8 @@ def candidate_errors(model, hessians: dict[str, torch.Tensor], candidates: list[
         w = model.get_submodule(name).weight.detach()
         errors[name] = {}
         for b in candidates:
-            gran = cfg.weights.granularity if (cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0) else "channel"
+            grouped = cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0
+            gran = cfg.weights.granularity if grouped else "channel"
             shape, group = weight_shape(w, gran, cfg.weights.group_size)
             q = UniformQuantizer(b, True, shape, group)
             fit_weight(q, w, cfg.weights.calibration)

@@ -240,3 +240,24 @@ def test_every_module_imports():
 if __name__ == "__main__":  # python tests/test_architecture.py: the package cycles, one a line
     for c in package_cycles(package_graph()):
         print(" -> ".join(c + [c[0]]))
+
+
+def test_names_shadow_nothing_and_say_one_thing():
+    """No module shadows the standard library where a folder can be sys.path[0] (compress/ itself, and any folder
+    with a script, e.g. the on-device runners); no CLI function is named after a builtin; the names issue 18 found
+    ambiguous (compress/inspect.py, commands.list, three latency.py, two reconstruct.py, passes.kernels beside
+    compress.kernels) are each used once."""
+    import builtins
+
+    from compress import commands
+
+    mods = modules()
+    folders = {REPO / "compress"} | {p.parent for p in mods.values() if "__name__ == \"__main__\"" in p.read_text()}
+    shadow = sorted(str(p.relative_to(REPO)) for p in mods.values()
+                    if p.parent in folders and p.stem in sys.stdlib_module_names)
+    assert not shadow, shadow
+    assert not [n for n, f in vars(commands).items() if callable(f) and not n.startswith("_") and hasattr(builtins, n)]
+    stems = [n.rpartition(".")[2] for n in mods if mods[n].name != "__init__.py"]
+    for stem in ("inspect", "latency", "reconstruct", "kernels"):
+        assert stems.count(stem) <= 1, (stem, [n for n in mods if n.endswith("." + stem)])
+    assert not [n for n in mods if n.startswith("compress.passes.") and n.rpartition(".")[2] == "kernels"]

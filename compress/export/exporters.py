@@ -44,7 +44,7 @@ def export_all(state, ctx, images) -> list[Artifact]:
         target["optional"] = bool(target.get("optional") or getattr(spec, "optional", False))
         for name in target.get("exporters") or [target.get("exporter", target["name"])]:
             fn = TARGET_EXPORTERS.get(name)
-            if fn is None:  # recipes and profiles are checked against the known names: the upper layer is missing
+            if fn is None:  # recipes are checked against the known names: the upper layer was not imported
                 raise RuntimeError(f"target exporter {name!r} is not registered: import compress.targets.deploy "
                                    "(compress.pipeline.export_stage does) before exporting to targets")
             ui.info(f"export: target {target['name']} ({name})")

@@ -180,6 +180,7 @@ def run_variant(name, ev, reference, ctx, out: Path, cache: dict, wait_s: float 
             quantize(state, ctx)
             if after:
                 same_int8(state, ev, out, ctx)
+            if after or not cfg:  # the exact-ops INT8 model: int8> variants of this invocation swap into it
                 cache["int8_state"] = state.clone()
         if after:
             rec = apply(state.model, KernelsConfig(**cfg))
@@ -208,6 +209,22 @@ def run_variant(name, ev, reference, ctx, out: Path, cache: dict, wait_s: float 
         row["top1_change"] = row["top1"] - base_top1
         row["meets_target"] = agree >= 99.0 and abs(round(row["top1_change"], 6)) <= 0.3  # (0.1-point steps)
     return row
+
+
+def restated_target(rows: list[dict], margin: float = 0.5, top1: float = 0.3) -> None:
+    """Issue 23's INT8 target: an approximation swapped into the INT8 model agrees with the exact-ops INT8 model at
+    least as often as that model agrees with itself on inputs moved by 1e-6 (the ``int8~jitter`` floor, same
+    images, same invocation) minus ``margin`` points, and moves top-1 by at most ``top1`` points."""
+    floor = next((r for r in rows if r.get("role") == "floor" and "agreement_vs_int8_exact" in r), None)
+    if floor is None:
+        return
+    need = floor["agreement_vs_int8_exact"] - margin
+    for r in rows:
+        if r.get("role") != "floor" and "agreement_vs_int8_exact" in r and "top1_change" in r:
+            r["restated_target"] = {"jitter_floor_agreement": floor["agreement_vs_int8_exact"], "min_agreement": need,
+                                    "max_abs_top1_change": top1,
+                                    "met": r["agreement_vs_int8_exact"] >= need - 1e-9
+                                    and abs(round(r["top1_change"], 6)) <= top1}
 
 
 def markdown(errors: dict, rows: list[dict]) -> str:
@@ -312,6 +329,7 @@ def main(argv=None) -> int:
         print(markdown(errors, rows).split("\n\n")[-1].splitlines()[-1], file=sys.stderr, flush=True)
         earlier = json.loads(path.read_text()) if path.is_file() else {}  # (other invocations may have written)
         kept = [r for r in earlier.get("variants", []) if r["variant"] not in names]
+        restated_target(kept + rows)
         write_json(path, earlier | {"reference_top1": ev.reference_top1, "test_images": args.test,
                                     "probe_train_images": args.probe_train, "errors": errors, "variants": kept + rows,
                                     "commands": sorted(set(earlier.get("commands", [])) | {" ".join(sys.argv)})})

@@ -361,6 +361,14 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def rescore(model: dict) -> dict:
+    """Speed-ups and verdict of one model's stored rows, by the current rules (CPU vs CPU; wall only where the
+    load was alike; no verdict for random weights)."""
+    speedups(model["rows"])
+    model["verdict"] = verdict(model["rows"], str(model.get("weights", "")).startswith("random"))
+    return model
+
+
 def publish(results: dict, dest: str) -> None:
     """Merge ``results``' models (with the command that measured them) into ``dest``, replacing same-name models."""
     from compress.utils.io import write_json
@@ -391,7 +399,19 @@ def main(argv=None) -> int:
                    help="merge this run's models into this JSON (the project's measured numbers)")
     p.add_argument("--collect", nargs="+", metavar="RESULTS_JSON",
                    help="only merge these earlier runs' results.json into --publish and print their tables")
+    p.add_argument("--rescore", metavar="RESULTS_JSON", help="recompute the derived fields (speed-ups, verdict) of a "
+                   "results file from its stored measurements with this version's rules, in place; measures nothing")
     args = p.parse_args(argv)
+    if args.rescore:
+        path = Path(args.rescore)
+        res = json.loads(path.read_text())
+        for m in res["models"]:
+            rescore(m)
+        from compress.utils.io import write_json
+
+        write_json(path, res)
+        print("\n\n".join(markdown(m) for m in res["models"]) + "\n")
+        return 0
     if args.collect:
         for f in args.collect:
             res = json.loads(Path(f).read_text())

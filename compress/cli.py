@@ -7,6 +7,8 @@
   compress list                   models, passes, targets and shipped recipes
   compress profile ARTIFACT       latency, throughput, memory, per-op times here or on --host user@device
   compress build --target T DIR   build the device's engine from a TensorRT build kit (run on the device)
+  compress serve-part MANIFEST --part I   serve one part of a split model (docs/splitting.md)
+  compress infer MANIFEST --images ...    classify with a split model: scatter to the parts, fuse
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from . import ui
 from .errors import UserError, VerificationError
 
-COMMANDS = ("inspect", "eval", "export", "list", "profile", "build")
+COMMANDS = ("inspect", "eval", "export", "list", "profile", "build", "serve-part", "infer")
 MAX_THREADS = 256  # as evaluation.latency.threads
 
 
@@ -70,6 +72,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         from .targets.deploy.commands import add_arguments
 
         p = add_arguments(command)
+    elif command in ("serve-part", "infer"):
+        from .split.commands import add_arguments as split_arguments
+
+        p = split_arguments(command)
     else:  # pragma: no cover - dispatch guards this
         raise AssertionError(command)
     _common(p)
@@ -146,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(command: str | None, args, argv) -> dict:
+    if command in ("serve-part", "infer"):
+        from .split import commands as split_commands
+
+        return split_commands.run(command, args)
     from . import commands
 
     if command is None:

@@ -2,21 +2,24 @@
 
 Both take int16 codes ``I`` of a power-of-two scale ``2^-k`` (``quantize``: x * 2^k is exact in float, so
 every runtime gets the same codes from the same float) and compute only integer adds, multiplies, shifts,
-min, row max / sum and one integer division; every shifted or divided value is non-negative and below 2^31,
-so shifts and truncating divisions agree in PyTorch, Triton, CUDA and the ONNX graph (int32 throughout).
+min / max, row max / sum and one integer division per row; every shifted or divided value is non-negative and
+below 2^31, so shifts and truncating divisions agree in PyTorch, Triton, CUDA and the ONNX graph (int32).
+The formulation is chosen for few elementwise passes (the ONNX graph runs one op per pass):
 
-Softmax (over the last axis, rows of at most 65535), output codes in [0, 32768] of scale 2^-15::
+Softmax (over the last axis, rows of at most 65535), output codes in [0, 2^30] of scale 2^-30::
 
-    n = max I - I >= 0;  t = (n * L) >> (k - 1)          t = n 2^-k log2(e) in Q15, L = round(log2(e) 2^14)
-    q = t >> 15, f = t & 0x7fff                            2^-t = 2^-q 2^-f
-    e = 2^15 - ((f * (B1 - ((f * B2) >> 15))) >> 15)      2^-f ~ 1 - b1 f + b2 f^2 (rel. error 2.7e-3)
-    E = e >> min(q, 31);  S = sum E;  out = (E 2^15 + S / 2) / S
+    T = I * L;  t = (max T - T) >> (k + 4)                  t = (max x - x) log2(e) in Q10, L = round(log2(e) 2^14)
+    q = t >> 10, f = t - (q << 10)                          2^-t = 2^-q 2^-f
+    Y = 2^29 - f (B1 - B2 f)                                 2^-f ~ 1 - b1 f + b2 f^2 in Q29 (rel. error 2.7e-3)
+    E = Y >> (min(q, 16) + 14)                               the exp term in Q15 (the row max gives 2^15)
+    S = sum E;  out = E * (2^30 // S)                        |out 2^-30 - E / S| < 2^-15
 
-GELU, output codes of the input's scale 2^-k (I-BERT's erf polynomial, a = -0.2888, b = -1.769)::
+GELU, output codes of the input's scale 2^-k: GELU(x) = relu(x) - |x| Phi(-|x|), Phi from I-BERT's erf
+polynomial (erf(u) ~ 1 - 0.2888 (1.769 - min(u, 1.769))^2 for u >= 0)::
 
-    a = |I|;  u = (a * R) >> k                             |x| / sqrt(2) in Q14, R = round(2^14 / sqrt(2))
-    d = Bq - min(u, Bq);  h = 2^14 - ((((d * d) >> 14) * A) >> 14)    erf(|x|/sqrt 2) ~ 1 + a (min(.,-b) + b)^2
-    w = 2^14 + h (x >= 0) or 2^14 - h (x < 0);  out = sign(I) ((a * w + 2^14) >> 15)
+    a = |I|;  d = C_k - min(a, C_k)                          C_k = round(1.769 sqrt(2) 2^k): 1.769 - |x|/sqrt(2) in codes
+    r = (d * M_k) >> 20;  h = r * r                          h = Phi(-|x|) in Q15, M_k = round(sqrt(0.2888 2^13) 2^(20-k))
+    out = max(I, 0) - ((a * h) >> 15)
 
 ``IntSoftmax`` / ``IntGELU`` are the drop-in modules: float in, codes in between, float (code * scale) out.
 Exported, they become the same integer computation in standard ONNX ops (``_onnx_*``).
@@ -33,14 +36,17 @@ from ..utils.hooks import forward_with_hooks
 
 # softmax constants
 L14 = round(math.log2(math.e) * 2**14)  # 23637
-B1, B2 = round(0.6699 * 2**15), round(0.1699 * 2**15)  # 2^-f ~ 1 - 0.6699 f + 0.1699 f^2 (P(1) = 1/2)
-OUT_BITS = 15  # softmax output scale 2^-15
-# GELU constants (I-BERT i-GELU: erf(v) ~ sign(v) (a (min(|v|, -b) + b)^2 + 1))
-R14 = round(2**14 / math.sqrt(2.0))  # 11585
-BQ = round(1.769 * 2**14)  # 28983
-A14 = round(0.2888 * 2**14)  # 4732
+T_BITS = 10  # t = (max - x) log2(e) in Q10
+B1, B2 = round(0.6699 * 2**19), round(0.1699 * 2**9)  # 2^-f ~ 1 - 0.6699 f + 0.1699 f^2 (P(1) = 1/2), f in Q10
+Y_ONE = 2**29  # the exp polynomial's 1.0
+OUT_BITS = 30  # softmax output scale 2^-30
+# GELU constants (I-BERT i-GELU: erf(u) ~ sign(u) (a (min(|u|, -b) + b)^2 + 1), a = -0.2888, b = -1.769)
+A13 = round(0.2888 * 2**13)  # 2366: Phi(-|x|) = 0.1444 (1.769 - |x|/sqrt 2)^2 in Q15 is d^2 A13 4^-k
+M_BITS = 20
 CODE_MIN, CODE_MAX = -32768, 32767
 K_RANGE = {"softmax": (1, 14), "gelu": (0, 14)}
+KNEE = [round(1.769 * math.sqrt(2.0) * 2**k) for k in range(15)]  # C_k
+ROOT = [round(math.sqrt(A13) * 2 ** (M_BITS - k)) for k in range(15)]  # M_k: (d M_k) >> 20 = d sqrt(A13) 2^-k
 MAX_ROW = 65535  # sum E <= row * 2^15 stays below 2^31
 INT_KINDS = ("softmax", "gelu")
 
@@ -66,19 +72,18 @@ def quantize(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def softmax_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
-    """Integer softmax of int32 codes (scale 2^-k) over the last axis: int32 codes of scale 2^-15."""
+    """Integer softmax of int32 codes (scale 2^-k) over the last axis: int32 codes of scale 2^-30."""
     check_k(k, "softmax")
     if codes.shape[-1] > MAX_ROW:
         raise ValueError(f"integer softmax rows hold at most {MAX_ROW} values, got {codes.shape[-1]}")
-    i = codes.to(torch.int32)
-    n = i.amax(-1, keepdim=True) - i
-    t = (n * L14) >> (k - 1)
-    q = t >> 15
-    f = t & 0x7FFF
-    e = 32768 - ((f * (B1 - ((f * B2) >> 15))) >> 15)
-    big = e >> q.clamp_max(31)
-    s = big.sum(-1, keepdim=True, dtype=torch.int32)
-    return torch.div((big << 15) + (s >> 1), s, rounding_mode="floor")
+    tt = codes.to(torch.int32) * L14
+    t = (tt.amax(-1, keepdim=True) - tt) >> (k + 4)
+    q = t >> T_BITS
+    f = t - (q << T_BITS)
+    y = Y_ONE - f * (B1 - B2 * f)
+    e = y >> (q.clamp_max(16) + 14)
+    s = e.sum(-1, keepdim=True, dtype=torch.int32)
+    return e * torch.div(2**OUT_BITS, s, rounding_mode="floor")
 
 
 def gelu_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,11 +91,8 @@ def gelu_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
     check_k(k, "gelu")
     i = codes.to(torch.int32)
     a = i.abs()
-    u = (a * R14) >> k
-    d = BQ - u.clamp_max(BQ)
-    h = 16384 - ((((d * d) >> 14) * A14) >> 14)
-    w = torch.where(i < 0, 16384 - h, 16384 + h)
-    return torch.sign(i) * ((a * w + 16384) >> 15)
+    r = ((KNEE[k] - a.clamp_max(KNEE[k])) * ROOT[k]) >> M_BITS
+    return i.clamp_min(0) - ((a * (r * r)) >> 15)
 
 
 def softmax(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -129,8 +131,8 @@ def _onnx_dequantize(g, codes, bits, like):
 
 class _I32:
     """int32 helpers for the symbolic functions. Every shifted value is non-negative, so a right shift by a
-    constant is a Div by 2^s (ONNX integer Div truncates: the same bits), and the shift by a per-element
-    amount divides by a Gather from the table 2^0 .. 2^16 (e <= 2^15 is 0 past 16 anyway)."""
+    constant is a Div by 2^s (ONNX integer Div truncates: the same bits); the one shift by a per-element amount
+    is a BitShift on uint32 (the values are below 2^30, so the uint32 bits are the int32 ones)."""
 
     def __init__(self, g):
         self.g = g
@@ -139,11 +141,23 @@ class _I32:
         return self.g.op("Constant", value_t=torch.tensor(v, dtype=torch.int32))
 
     def shr(self, a, s: int):
-        return self.g.op("Div", a, self.c(2**s)) if s else a
+        return self.g.op("Div", a, self.c(2**s)) if s > 0 else self.g.op("Mul", a, self.c(2**-s)) if s else a
 
     def shr_by(self, a, s):
-        p = self.g.op("Gather", self.c([2**j for j in range(17)]), self.g.op("Min", s, self.c(16)), axis_i=0)
-        return self.g.op("Div", a, p)
+        """a >> s elementwise: Cast to uint32, BitShift, Cast back (the exporter's type inference knows no
+        uint32, so it is off for these three nodes; the int32 result type is set by hand)."""
+        from torch.onnx import _C_onnx
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        u32, i32 = _C_onnx.TensorProtoDataType.UINT32, _C_onnx.TensorProtoDataType.INT32
+        was, GLOBALS.onnx_shape_inference = GLOBALS.onnx_shape_inference, False
+        try:
+            out = self.g.op("Cast", self.g.op("BitShift", self.g.op("Cast", a, to_i=u32), self.g.op("Cast", s, to_i=u32),
+                                              direction_s="RIGHT"), to_i=i32)
+        finally:
+            GLOBALS.onnx_shape_inference = was
+        out.setType(a.type())
+        return out
 
 
 def _axis(g):
@@ -158,16 +172,15 @@ class SoftmaxFn(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, k: int):
         u = _I32(g)
-        i = _onnx_quantize(g, x, k)
-        n = g.op("Sub", g.op("ReduceMax", i, _axis(g), keepdims_i=1), i)
-        t = u.shr(g.op("Mul", n, u.c(L14)), k - 1)
-        f = g.op("BitwiseAnd", t, u.c(0x7FFF))
-        inner = g.op("Sub", u.c(B1), u.shr(g.op("Mul", f, u.c(B2)), 15))
-        e = g.op("Sub", u.c(32768), u.shr(g.op("Mul", f, inner), 15))
-        big = u.shr_by(e, u.shr(t, 15))
-        s = g.op("ReduceSum", big, _axis(g), keepdims_i=1)
-        out = g.op("Div", g.op("Add", g.op("Mul", big, u.c(32768)), u.shr(s, 1)), s)
-        return _onnx_dequantize(g, out, OUT_BITS, x)
+        tt = g.op("Mul", _onnx_quantize(g, x, k), u.c(L14))
+        t = u.shr(g.op("Sub", g.op("ReduceMax", tt, _axis(g), keepdims_i=1), tt), k + 4)
+        q = u.shr(t, T_BITS)
+        f = g.op("Sub", t, g.op("Mul", q, u.c(2**T_BITS)))
+        y = g.op("Sub", u.c(Y_ONE), g.op("Mul", f, g.op("Sub", u.c(B1), g.op("Mul", f, u.c(B2)))))
+        sh = g.op("Add", g.op("Min", q, u.c(16)), u.c(14))
+        e = u.shr_by(y, sh)
+        r = g.op("Div", u.c(2**OUT_BITS), g.op("ReduceSum", e, _axis(g), keepdims_i=1))
+        return _onnx_dequantize(g, g.op("Mul", e, r), OUT_BITS, x)
 
 
 class GeluFn(torch.autograd.Function):
@@ -180,11 +193,10 @@ class GeluFn(torch.autograd.Function):
         u = _I32(g)
         i = _onnx_quantize(g, x, k)
         a = g.op("Abs", i)
-        d = g.op("Sub", u.c(BQ), g.op("Min", u.shr(g.op("Mul", a, u.c(R14)), k), u.c(BQ)))
-        h = g.op("Sub", u.c(16384), u.shr(g.op("Mul", u.shr(g.op("Mul", d, d), 14), u.c(A14)), 14))
-        w = g.op("Where", g.op("Less", i, u.c(0)), g.op("Sub", u.c(16384), h), g.op("Add", u.c(16384), h))
-        mag = u.shr(g.op("Add", g.op("Mul", a, w), u.c(16384)), 15)
-        return _onnx_dequantize(g, g.op("Mul", g.op("Sign", i), mag), k, x)
+        d = g.op("Sub", u.c(KNEE[k]), g.op("Min", a, u.c(KNEE[k])))
+        r = u.shr(g.op("Mul", d, u.c(ROOT[k])), M_BITS)
+        out = g.op("Sub", g.op("Relu", i), u.shr(g.op("Mul", a, g.op("Mul", r, r)), 15))
+        return _onnx_dequantize(g, out, k, x)
 
 
 # -- modules ---------------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from .layout import next_pow2, rows_of
 _L14 = tl.constexpr(I.L14)
 _B1 = tl.constexpr(I.B1)
 _B2 = tl.constexpr(I.B2)
-_R14 = tl.constexpr(I.R14)
-_BQ = tl.constexpr(I.BQ)
-_A14 = tl.constexpr(I.A14)
+_Y1 = tl.constexpr(I.Y_ONE)
+_TB = tl.constexpr(I.T_BITS)
+_ONE = tl.constexpr(2**I.OUT_BITS)
+_MB = tl.constexpr(I.M_BITS)
 TILE = 2048
 
 
@@ -23,31 +24,25 @@ def _int_softmax_kernel(x_ptr, out_ptr, n_cols, K: tl.constexpr, BLOCK: tl.const
     row = tl.program_id(0).to(tl.int64) * n_cols
     cols = tl.arange(0, BLOCK)
     valid = cols < n_cols
-    i = tl.load(x_ptr + row + cols, mask=valid, other=-32768)
-    n = tl.max(i, 0) - i
-    t = (n * _L14) >> (K - 1)
-    q = t >> 15
-    f = t & 0x7FFF
-    e = 32768 - ((f * (_B1 - ((f * _B2) >> 15))) >> 15)
-    big = tl.where(valid, e >> tl.minimum(q, 31), 0)
-    s = tl.sum(big, 0)
-    out = ((big << 15) + (s >> 1)) // s
-    tl.store(out_ptr + row + cols, out, mask=valid)
+    tt = tl.load(x_ptr + row + cols, mask=valid, other=-32768) * _L14
+    t = (tl.max(tt, 0) - tt) >> (K + 4)
+    q = t >> _TB
+    f = t - (q << _TB)
+    y = _Y1 - f * (_B1 - _B2 * f)
+    e = tl.where(valid, y >> (tl.minimum(q, 16) + 14), 0)
+    s = tl.sum(e, 0)
+    tl.store(out_ptr + row + cols, e * (_ONE // s), mask=valid)
 
 
 @triton.jit
-def _int_gelu_kernel(x_ptr, out_ptr, n, K: tl.constexpr, BLOCK: tl.constexpr):
+def _int_gelu_kernel(x_ptr, out_ptr, n, C: tl.constexpr, M: tl.constexpr, BLOCK: tl.constexpr):
     base = tl.program_id(0).to(tl.int64) * BLOCK
     offs = tl.arange(0, BLOCK)
     valid = offs < n - base
     i = tl.load(x_ptr + base + offs, mask=valid, other=0)
     a = tl.abs(i)
-    u = (a * _R14) >> K
-    d = _BQ - tl.minimum(u, _BQ)
-    h = 16384 - ((((d * d) >> 14) * _A14) >> 14)
-    w = tl.where(i < 0, 16384 - h, 16384 + h)
-    mag = (a * w + 16384) >> 15
-    tl.store(out_ptr + base + offs, tl.where(i < 0, -mag, mag), mask=valid)
+    r = ((C - tl.minimum(a, C)) * M) >> _MB
+    tl.store(out_ptr + base + offs, tl.maximum(i, 0) - ((a * (r * r)) >> 15), mask=valid)
 
 
 def int_softmax_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,5 +63,6 @@ def int_gelu_codes(codes: torch.Tensor, k: int, *, tile: int = TILE, warps: int 
     x = codes.to(torch.int32).contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        _int_gelu_kernel[(triton.cdiv(x.numel(), tile),)](x, out, x.numel(), K=k, BLOCK=tile, num_warps=warps)
+        _int_gelu_kernel[(triton.cdiv(x.numel(), tile),)](x, out, x.numel(), C=I.KNEE[k], M=I.ROOT[k],
+                                                         BLOCK=tile, num_warps=warps)
     return out

@@ -127,6 +127,14 @@ def test_run_outputs_report_manifest_and_fold_is_exact(tmp_path, image_folder, t
     for a in manifest["artifacts"]:
         assert a["verification"]["passed"] and a["verification"]["max_abs"] < 1e-3
     assert "| onnx-fp32 | onnxruntime | fp32 |" in (out / "report.md").read_text()
+    # every pass and stage records its CPU time, wall time and peak resident memory
+    used = manifest["passes"][0]["resources"]
+    assert used["cpu_s"] >= 0 and used["wall_s"] >= 0 and 50 < used["peak_rss_mb"] < 64_000, used
+    assert set(manifest["resources"]["stages"]) >= {"pass:fold", "export", "evaluation"}
+    assert manifest["resources"]["process_peak_rss_mb"] >= used["peak_rss_mb"]
+    assert "peak resident memory" in (out / "report.md").read_text()
+    # latency is stated in process CPU time first, wall time beside it
+    assert "| CPU p50 ms | wall p50 ms | wall p90 ms |" in (out / "report.md").read_text()
     # the fold pass on its own: exact to float rounding
     from compress.passes.fold import FoldConfig, FoldPass
 

@@ -11,12 +11,12 @@ import torch_pruning as tp
 
 from compress.models import build
 from compress.models.vit import BlockConfig, ViTConfig
-from compress.passes.prune import gates, saliency
+from compress.pruning import gates, saliency
 from compress.distill import Distiller
-from compress.passes.prune.latency import Predictor
+from compress.pruning.budget import Predictor
 from compress.models.heads import WidthRestore
-from compress.passes.prune.remove import Plan, apply_plan, check_widths, consumers, dependency_graph
-from compress.passes.prune.select import Limits, Selector
+from compress.pruning.remove import Plan, apply_plan, check_widths, consumers, dependency_graph
+from compress.pruning.select import Limits, Selector
 from compress.pipeline.checkpoint import load_checkpoint
 
 from conftest import tiny_config
@@ -276,7 +276,7 @@ def test_selection_on_real_saliency_meets_budget_with_aligned_equal_head_widths(
 
 
 def test_least_squares_compensation_reduces_the_error_of_removal():
-    from compress.passes.prune import compensate
+    from compress.pruning import compensate
 
     m = _model()
     xs, held = [_images(16, s) for s in range(3)], [_images(16, 9)]
@@ -309,7 +309,7 @@ def test_least_squares_compensation_reduces_the_error_of_removal():
 
 
 def test_blockwise_reconstruction_towards_the_teacher_beats_compensation_on_held_out_images():
-    from compress.passes.prune import compensate
+    from compress.pruning import compensate
     from compress.passes.prune.refit import reconstruct
 
     m = _model()

@@ -94,7 +94,7 @@ def test_measured_latency_loop_prunes_until_the_measurement_meets_the_target(tmp
 
     monkeypatch.setattr(pruner, "OrtTimer", FakeTimer)
     state = _tiny_state()
-    from compress.passes.prune.latency import Predictor, load
+    from compress.pruning.budget import Predictor, load
 
     pred = Predictor(load("x86-avx512", None, roofline=True), state.cfg, state.cfg.embed_dim)
     cfg = PruneConfig(**FAST | {"latency_target": 0.7, "iterations": 1, "measure": {"max_rounds": 4, "tolerance": 0.0}})

@@ -65,3 +65,15 @@ def test_pretrained_verdict_is_judged_on_cpu_time(bench):
     assert c["cpu_speedup_vs_ort_fp32"] == 2.5 and c["beats_it_cpu"] and c["meets_target"] is True and v["met"] is True
     rows[1]["top1"] = 78.5  # 1.5 pt lower: not met
     assert bench.verdict(rows)["met"] is False
+
+
+def test_published_file_follows_the_current_rules(bench, published):
+    """The committed targets.json itself (not only the code): no verdict for random weights, and every stored
+    speed-up equals what --rescore derives from the stored latencies."""
+    for name, model in published.items():
+        again = bench.rescore(copy.deepcopy(model))
+        assert again["verdict"] == model["verdict"], f"{name}: stale verdict (run targets_bench.py --rescore)"
+        for old, new in zip(model["rows"], again["rows"]):
+            for k in ("cpu_speedup_vs_ort_fp32", "speedup_vs_ort_fp32", "cpu_speedup_same_runtime", "speedup_same_runtime"):
+                assert old.get(k) == new.get(k), f"{name} / {old['name']}: {k} stale (run targets_bench.py --rescore)"
+    assert published["timm:deit_small_patch16_224"]["verdict"]["met"] is None

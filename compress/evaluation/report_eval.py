@@ -76,7 +76,9 @@ def evaluate_run(reference, state, ctx, artifacts: list[dict]) -> dict:
                if "top1_refit" in row else "")
         ui.info(f"  {a['name']}: top-1 {row['top1']:.2f} ({row['delta_top1']:+.2f}), agreement {row['agreement']:.1f}%"
                 + own
-                + (f", p50 {row['latency']['p50_ms']:.1f} ms" if "latency" in row else ""))
+                + (f", p50 {row['latency']['cpu_p50_ms']:.1f} ms CPU ({row['latency']['p50_ms']:.1f} wall)"
+                   if row.get("latency", {}).get("cpu_p50_ms") is not None else
+                   f", p50 {row['latency']['p50_ms']:.1f} ms wall" if "latency" in row else ""))
         ui.info(f"    {row['verdict']['text']}")
         rows.append(row)
     fidelity = {}

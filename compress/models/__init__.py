@@ -4,7 +4,8 @@ A reference is one of:
   ``dinov2-s14-focus`` (alias ``default``)   the embedded pretrained DINOv2 ViT-S/14
   ``timm:<arch>[@weights]``                   a timm VisionTransformer, Swin or EVA-01, local weights or random init
   ``open_clip:<arch>[@weights]``              an open_clip ViT visual tower
-  ``<dir>``                                   a Hugging Face ViT/DINOv2/CLIP folder, or a vitforge model folder
+  ``<dir>``                                   a Hugging Face ViT/DINOv2/CLIP folder, a vitforge model folder, or a
+                                              vitforge CLIP folder (its image tower; compress.models.clip)
 Weights are read from local files only, safely (safetensors or weights-only torch.load).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ SUPPORTED = (
     "dinov2-s14-focus (embedded), timm:<arch> (VisionTransformer family: ViT, DeiT, DINOv2, CLIP; "
     "SwinTransformer: swin_*; Eva: EVA-01 / EVA-CLIP), "
     "open_clip:<arch> (ViT towers), a Hugging Face folder (vit, dinov2, clip, clip_vision_model), "
-    "a vitforge checkpoint folder (config.json + model.safetensors)"
+    "a vitforge checkpoint folder (config.json + model.safetensors), a vitforge CLIP folder (its image tower)"
 )
 
 
@@ -110,6 +111,10 @@ def _resolve(ref: str, weights: str | None) -> tuple[ViTConfig, dict]:
 
         if "model_type" in meta:
             return hf.load_hf_dir(path)
+        if isinstance(meta, dict) and "clip" in meta:  # a vitforge CLIP folder: its image tower
+            from .clip import load_image_tower
+
+            return load_image_tower(path)
     if path.exists():
         raise UserError(f"cannot tell what model {ref} is",
                         f"pass a folder with config.json, or one of: {SUPPORTED}")

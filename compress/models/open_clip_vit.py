@@ -4,9 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._compat import ensure_torchvision_ops
 from ..errors import UserError
-from .checkpoint import load_state_dict
 from .vit import ViTConfig
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -15,20 +13,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def create(arch: str, weights: str | None = None) -> tuple[ViTConfig, dict]:
     """Build open_clip ``arch`` without downloading; ``weights`` is a local CLIP checkpoint."""
-    ensure_torchvision_ops()
-    import open_clip
+    from .clip import open_clip_module  # open_clip configs and the TinyCLIP ViT configs
 
-    if arch not in open_clip.list_models():
-        raise UserError(f"open_clip has no model {arch!r}",
-                        f"ViT examples: {', '.join(m for m in open_clip.list_models() if m.startswith('ViT'))[:200]}")
-    model = open_clip.create_model(arch, pretrained=None)
-    if weights:
-        sd = load_state_dict(weights)
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise UserError(f"weights {weights} do not fit open_clip {arch} ({str(e).splitlines()[0][:120]})",
-                            "pass the checkpoint of this exact architecture") from None
+    model = open_clip_module(arch, weights)
     return from_module(model.visual.eval(), name=f"open_clip:{arch}", randomly_initialized=not weights)
 
 

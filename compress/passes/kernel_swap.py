@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import UserError
 from ..kernels import GeluTable, KernelGELU, KernelSoftmax
-from ..kernels.integer import IntGELU, IntSoftmax, exponent_for
+from ..kernels.integer import OUT_BITS, IntGELU, IntSoftmax, exponent_for
 from ..kernels.reference import ACT_FNS, gelu_f32
 from ..models.vit import QuickGELU, Softmax
 from ..pipeline.base import Pass, PassConfig, register_pass
@@ -139,7 +139,7 @@ def apply(model: nn.Module, cfg: KernelsConfig, exponents: dict[str, int] | None
             out["swapped"].append(_swap(blk.mlp, "act", (nn.GELU, KernelGELU, QuickGELU, IntGELU),
                                         lambda _: KernelGELU(g_method, g_backend, table), f"blocks.{i}.mlp.act"))
     if exponents:
-        out["int"] = {"exponents": dict(exponents), "softmax_out_scale": "2^-15", "gelu_out_scale": "input's"}
+        out["int"] = {"exponents": dict(exponents), "softmax_out_scale": f"2^-{OUT_BITS}", "gelu_out_scale": "input's"}
     if table is not None:
         out["lut"] = {"act": table.act, "entries": table.entries, "x_max": table.x_max,
                       "max_abs_error": lut_error(table)}
@@ -154,7 +154,8 @@ def kernels_section(rec: dict, run_dir) -> str:
     if "int" in rec:
         ks = sorted(set(rec["int"]["exponents"].values()))
         lines.append(f"- integer kernels on int16 codes, input scales 2^-k with k in {ks} (calibrated), softmax codes "
-                     "of scale 2^-15, GELU codes of the input's scale; the exported graph holds the same integer ops")
+                     f"of scale 2^-{OUT_BITS}, GELU codes of the input's scale; the exported graph holds the same "
+                     "integer ops")
     if "lut" in rec:
         t = rec["lut"]
         lines.append(f"- ReLU-minus-table: {t['entries']} intervals on [0, {t['x_max']}], "

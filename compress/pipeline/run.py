@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import random
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
 from ..evaluation.leakage import pack_draws
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
+from ..utils.resources import measure
 from .checkpoint import load_any, load_checkpoint
 from .context import RunContext
 from .export_stage import export_stage, target_profiles
@@ -177,6 +179,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
     recipe = lr.recipe
     t_start = time.time()
     timings: dict[str, float] = {}
+    resources: dict[str, dict] = {}  # per stage: CPU s, wall s, peak RSS (compress.utils.resources)
     seed_everything(recipe.seed)
     t = time.time()
     reference = load_any(recipe.model, recipe.weights)
@@ -207,25 +210,28 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
             raise UserError(f"{ckpt} was made by a different recipe", "use --force to redo the run, or another --out")
         ui.info(f"[{i + 1}/{len(lr.passes)}] {name} ({p.name}): {p.summary}")
         seed_everything(recipe.seed + i + 1)
-        t = time.time()
         ctx.draws = []
-        record = p.run(state, ctx) or {}
-        dt = time.time() - t
+        with measure() as used:
+            record = p.run(state, ctx) or {}
+        dt = used["wall_s"]
         state.history.append({"name": name, "type": p.name, "config": p.config.model_dump(),
-                              "config_version": p.Config.VERSION, **record})
+                              "config_version": p.Config.VERSION, **record, "resources": used})
         state.save(ckpt, {"chain": chain, "seconds": dt, "pass": name, "data_draws": pack_draws(ctx.draws)})
         timings[f"pass:{name}"] = dt
-        ui.info(f"    done in {dt:.1f}s -> {ckpt}")
+        resources[f"pass:{name}"] = used
+        ui.info(f"    done in {dt:.1f}s wall, {used['cpu_s']:.1f}s CPU, peak RSS {used['peak_rss_mb']:.0f} MB -> {ckpt}")
     if resumed:
         ui.info(f"resumed: {resumed} finished pass(es) reused")
     # each stage's key covers the recipe sections it reads: a changed export or evaluation setting redoes it
     export_key = sha256_json([chain, recipe.model_dump(include={"export", "targets", "targets_check"})])
-    export = _stage(out / "export.json", export_key, lambda: export_stage(state, ctx), timings, "export", verify_files=out)
+    export = _stage(out / "export.json", export_key, lambda: export_stage(state, ctx), timings, "export", verify_files=out,
+                    resources=resources)
     evaluation = None
     if recipe.evaluation.enabled:
         eval_key = sha256_json([export_key, export["artifacts"], recipe.model_dump(include={"evaluation", "data"})])
         evaluation = _stage(out / "evaluation.json", eval_key,
-                            lambda: _evaluate(reference, state, ctx, export), timings, "evaluation")
+                            lambda: _evaluate(reference, state, ctx, export), timings, "evaluation",
+                            resources=resources)
     from ..models import weights_note
     from ..report import write_report
 
@@ -233,7 +239,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
                "artifacts": export["artifacts"], "evaluation": evaluation, "weights": weights_note(reference.cfg)}
     write_report(out, summary)
     timings["total"] = time.time() - t_start
-    _write_manifest(out, lr, state, export, timings, opts)
+    _write_manifest(out, lr, state, export, timings, opts, resources)
     return summary
 
 
@@ -246,17 +252,22 @@ def _data_source(spec: str) -> dict:
         return {"requested": spec, "dataset": spec, "path": None, "source": "missing", "note": str(e)}
 
 
-def _stage(path: Path, chain: str, fn, timings: dict, name: str, verify_files: Path | None = None) -> dict:
+def _stage(path: Path, chain: str, fn, timings: dict, name: str, verify_files: Path | None = None,
+           resources: dict | None = None) -> dict:
     done = _read_json(path)
     if done and done.get("chain") == chain and (verify_files is None or _files_intact(verify_files, done)):
         timings[name] = done.get("seconds", 0.0)
+        if resources is not None and done.get("resources"):
+            resources[name] = done["resources"]
         ui.info(f"{name}: finished earlier, reusing {path.name}")
         return done
-    t = time.time()
-    result = fn()
-    result |= {"chain": chain, "seconds": time.time() - t}
+    with measure() as used:
+        result = fn()
+    result |= {"chain": chain, "seconds": used["wall_s"], "resources": used}
     write_json(path, result)
     timings[name] = result["seconds"]
+    if resources is not None:
+        resources[name] = used
     return result
 
 
@@ -285,7 +296,8 @@ def _versions() -> dict:
     return out
 
 
-def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict, timings: dict, opts: RunOptions):
+def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict, timings: dict, opts: RunOptions,
+                    resources: dict | None = None):
     ckpts = []
     for d in sorted((out / "passes").glob("*")) if (out / "passes").exists() else []:
         if (d / "model.safetensors").is_file():
@@ -303,4 +315,6 @@ def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict
         "versions": _versions(), "passes": state.history,
         "checkpoints": ckpts, "artifacts": export["artifacts"], "files": files,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "resources": {"stages": resources or {}, "process_cpu_s": round(time.process_time(), 3),
+                      "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
     })

@@ -16,7 +16,7 @@ def results_table(rows: list[dict]) -> str:
     refit = any("top1_refit" in r for r in rows)  # own-probe columns only when the run scored them
     head = ("| artifact | runtime | precision | top-1 % | Δ top-1 | "
             + ("own-probe top-1 % | own-probe Δ | " if refit else "")
-            + "agreement % | feat. cosine | size MB | params M | GFLOPs | p50 ms | p90 ms | CPU p50 ms |")
+            + "agreement % | feat. cosine | size MB | params M | GFLOPs | CPU p50 ms | wall p50 ms | wall p90 ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r.get("latency") or {}
@@ -26,8 +26,8 @@ def results_table(rows: list[dict]) -> str:
             _f(r.get("delta_top1"), "{:+.2f}"), *own, _f(r.get("agreement"), "{:.1f}"),
             _f(r.get("feature_cosine"), "{:.5f}"), _f(r.get("size_mb"), "{:.1f}"),
             _f(r["params"] / 1e6 if r.get("params") else None, "{:.2f}"), _f(r.get("gflops"), "{:.2f}"),
-            _f(lat.get("p50_ms"), "{:.1f}"), _f(lat.get("p90_ms"), "{:.1f}"),
-            _f(lat.get("cpu_p50_ms"), "{:.1f}")]) + " |")
+            _f(lat.get("cpu_p50_ms"), "{:.1f}"), _f(lat.get("p50_ms"), "{:.1f}"),
+            _f(lat.get("p90_ms"), "{:.1f}")]) + " |")
     return "\n".join(lines)
 
 
@@ -150,6 +150,10 @@ def write_report(run_dir: Path, summary: dict) -> None:
         md.append(f"### {rec['name']} ({rec['type']})")
         fn = getattr(passes.get(rec["type"]), "report_section", None) or _default_section
         md += [fn(rec, run_dir), ""]
+        if rec.get("resources"):
+            u = rec["resources"]
+            md += [f"Resources: {u['cpu_s']:.1f} s CPU, {u['wall_s']:.1f} s wall, peak resident memory "
+                   f"{u['peak_rss_mb']:.0f} MB ({'during this pass' if u['peak_scope'] == 'stage' else 'whole process'}).", ""]
     if not summary["passes"]:
         md += ["(none: the model as loaded)", ""]
     md += ["## Artifacts", ""]

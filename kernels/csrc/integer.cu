@@ -32,9 +32,9 @@ __global__ void int_softmax_kernel(const int32_t* __restrict__ x, int32_t* __res
   for (int64_t c = threadIdx.x; c < cols; c += kThreads) m = row[c] > m ? row[c] : m;
   m = block_reduce(m, MaxOp{}, shared);
   int32_t s = 0;
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads) s += intk::exp_term(m - row[c], k);
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) s += intk::exp_term(intk::exp_arg(m - row[c], k));
   s = block_reduce(s, SumOp{}, shared);
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads) orow[c] = intk::prob_code(intk::exp_term(m - row[c], k), s);
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) orow[c] = intk::prob_code(intk::exp_term(intk::exp_arg(m - row[c], k)), s);
 }
 
 __global__ void int_gelu_kernel(const int32_t* __restrict__ x, int32_t* __restrict__ out, int64_t n, int k) {

@@ -12,8 +12,8 @@ void vf_int_softmax(const int32_t* x, int32_t* out, int64_t rows, int64_t cols, 
     const int32_t* row = x + r * cols;
     int32_t m = INT32_MIN, s = 0;
     for (int64_t c = 0; c < cols; ++c) m = row[c] > m ? row[c] : m;
-    for (int64_t c = 0; c < cols; ++c) s += exp_term(m - row[c], k);
-    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = prob_code(exp_term(m - row[c], k), s);
+    for (int64_t c = 0; c < cols; ++c) s += exp_term(exp_arg(m - row[c], k));
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = prob_code(exp_term(exp_arg(m - row[c], k)), s);
   }
 }
 

@@ -22,12 +22,12 @@ from ...errors import UserError
 from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
-from . import compensate, remove, saliency
+from ...pruning import compensate, remove, saliency
 from .refit import reconstruct
 from ...distill import Distiller, TeacherTargets, distill, teacher_outputs
-from .latency import OrtTimer, Predictor, best_ms, load
+from ...pruning.budget import OrtTimer, Predictor, best_ms, load
+from ...pruning.select import STRUCTURES, Limits, Selector
 from .report import section as prune_section
-from .select import STRUCTURES, Limits, Selector
 
 Structure = Literal["heads", "qk", "v", "mlp", "embed"]
 

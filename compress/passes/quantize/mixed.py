@@ -48,7 +48,8 @@ def layer_hessians(model, images: torch.Tensor, names: list[str]) -> dict[str, t
 def candidate_errors(model, hessians: dict[str, torch.Tensor], candidates: list[int], cfg: QuantizeConfig) -> dict:
     """layer -> width -> relative output error after rounding at that width."""
     errors: dict[str, dict[int, float]] = {}
-    for name, h in hessians.items():
+    for name, h in ui.progress(hessians.items(), total=len(hessians), desc="mixed precision: layer errors",
+                               unit="layer"):
         w = model.get_submodule(name).weight.detach()
         errors[name] = {}
         for b in candidates:

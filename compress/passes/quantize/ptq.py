@@ -249,7 +249,8 @@ class Calibrator:
             set_enabled(pe, True)
         x_q = _run(model.embed, self.images)
         x_fp = _run(self.reference.embed, self.images) if self.reference is not None else None
-        for i, blk in enumerate(model.blocks):
+        for i, blk in ui.progress(enumerate(model.blocks), total=len(model.blocks), desc="calibrating blocks",
+                                  unit="block"):
             for group in _groups(self.cfg.attention.quantize):
                 self._calibrate_group(f"blocks.{i}", blk, group, x_q)
             if self.reconstruct is not None and x_fp is not None:

@@ -16,6 +16,7 @@ from .modules import quantized_modules, wrap
 from .precision import precision_summary
 from .reconstruct import BlockReconstructor
 from .report import quantize_section
+from ...utils.resources import measure
 
 
 @register_pass
@@ -38,25 +39,32 @@ class QuantizePass(Pass):
         images = torch.cat(ctx.calibration_batches(cfg.calibration_images))
         ui.info(f"    {len(images)} calibration images")
         record: dict = {"calibration_images": len(images)}
+        phases: dict[str, dict] = {}  # CPU s, wall s, peak RSS of each phase (compress.utils.resources)
         relevance = None
         if cfg.mixed.strategy == "relevance":
             from .relevance import relevance_profile
 
             t = time.time()
-            prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], rule=cfg.mixed.relevance_rule)
+            with measure() as phases["relevance"]:
+                prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], rule=cfg.mixed.relevance_rule)
             relevance = prof.scores
             record["relevance"] = {"scores": relevance, "rule": prof.rule, "target": prof.target_kind,
                                    "images": prof.images, "seconds": time.time() - t,
                                    "block_error": prof.block_error()}
-        record["reparam"] = ptq.reparameterize_model(model, images, cfg)
+        with measure() as phases["reparam"]:
+            record["reparam"] = ptq.reparameterize_model(model, images, cfg)
         bits: dict[str, int] = {}
         if cfg.mixed.strategy != "none":
             from .mixed import allocate_widths
 
-            bits, record["mixed"] = allocate_widths(model, images, cfg, relevance)
+            with measure() as phases["mixed"]:
+                bits, record["mixed"] = allocate_widths(model, images, cfg, relevance)
         reference = copy.deepcopy(model).eval()
         recon = BlockReconstructor(cfg.reconstruction, len(model.blocks)) if cfg.reconstruction.enabled else None
-        out = ptq.quantize(model, cfg, images, bits, reference=reference, reconstruct=recon)
+        with measure() as phases["calibrate"]:
+            out = ptq.quantize(model, cfg, images, bits, reference=reference, reconstruct=recon)
+        del reference
+        record["phases"] = phases
         model.eval()
         if recon is not None:
             record["reconstruction"] = recon.log

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Literal
 import torch
 import torch.nn as nn
 
+from ... import ui
 from ...errors import UserError
 from ...models.pooling import pooled
 from ...models.vit import MatMul, Softmax, VisionTransformer
@@ -172,8 +173,10 @@ class _Hooks:
                 return y.detach()
             x = inputs[0]
             tap = self.taps.setdefault(name, _Tap())
-            y.register_hook(lambda g: setattr(tap, "out_signed", tap.out_signed + (y * g).sum().item()))
-            x.register_hook(lambda g: setattr(tap, "in_signed", tap.in_signed + (x * g).sum().item()))
+            # a hook never captures the tensor it is registered on (that cycle keeps every graph alive)
+            yd, xd = y.detach(), x.detach()
+            y.register_hook(lambda g: setattr(tap, "out_signed", tap.out_signed + (yd * g).sum().item()))
+            x.register_hook(lambda g: setattr(tap, "in_signed", tap.in_signed + (xd * g).sum().item()))
             return y
 
         return hook
@@ -191,10 +194,12 @@ class _Hooks:
     def _block(self, i: int):
         def pre(mod, inputs):
             x = inputs[0]
-            x.register_hook(lambda g: self._add(self.block_in, i, x, g))
+            xd = x.detach()
+            x.register_hook(lambda g: self._add(self.block_in, i, xd, g))
 
         def post(mod, inputs, y):
-            y.register_hook(lambda g: self._add(self.block_out, i, y, g))
+            yd = y.detach()
+            y.register_hook(lambda g: self._add(self.block_out, i, yd, g))
 
         return pre, post
 
@@ -279,7 +284,7 @@ def _seed(out: torch.Tensor, kind: str, center: torch.Tensor | None) -> torch.Te
 
 def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target: str = "auto", rule: Rule = "attnlrp",
                       *, head: Callable[[torch.Tensor], torch.Tensor] | None = None, eps: float = 0.1,
-                      center: bool | torch.Tensor = True, chunk: int = 8,
+                      center: bool | torch.Tensor = True, chunk: int = 2,
                       max_images: int | None = None) -> RelevanceProfile:
     """Propagate relevance from the target through every layer of ``model`` over ``batches``.
 
@@ -287,7 +292,8 @@ def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target:
     ``eps``: epsilon-rule stabiliser, relative to each token's RMS at that layer.
     ``center``: feature target explains f - mean(f) over the images (needs 2+ images; one extra forward),
     or f - ``center`` when given the mean pooled feature (no extra forward); False: f itself.
-    ``chunk``: images per backward pass (bounds memory). ``max_images``: use at most this many.
+    ``chunk``: images per backward pass (bounds memory: ~0.3 GB of graph per 224-px ViT-S image, 17% more CPU
+    at 1 than at 8). ``max_images``: use at most this many.
     """
     if rule not in RULES:
         raise UserError(f"unknown relevance rule {rule!r}", f"choose one of {', '.join(RULES)}")
@@ -308,7 +314,8 @@ def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target:
             with torch.no_grad():
                 mean = torch.cat([_output(model, x, kind, head) for x in images.split(chunk)]).mean(0)
         with _Hooks(model, rule, eps) as hooks, torch.enable_grad():
-            for x in images.split(chunk):
+            for x in ui.progress(images.split(chunk), total=-(-len(images) // chunk), desc="relevance (LRP)",
+                                 unit="batch"):
                 x = x.clone().requires_grad_(True)
                 out = _output(model, x, kind, head)
                 seed = _seed(out, kind, mean)

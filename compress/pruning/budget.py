@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ...errors import UserError
+from ..errors import UserError
 
 
 def load(target: str, lut: str | None, roofline: bool = False):
-    from ...targets.latency_models import load_latency_model, roofline_model
+    from ..targets.latency_models import load_latency_model, roofline_model
 
     try:
         return roofline_model(target) if roofline else load_latency_model(target, lut)
@@ -58,9 +58,9 @@ class OrtTimer:
     """A model exported to ONNX (float, batch 1) and an ONNX Runtime session on it."""
 
     def __init__(self, model, threads: int = 1, opset: int = 17):
-        from ...export.onnx_export import export_onnx
-        from ...models.float_view import float_view
-        from ...runtime import ort_session
+        from ..export.onnx_export import export_onnx
+        from ..models.float_view import float_view
+        from ..runtime import ort_session
 
         self._dir = tempfile.TemporaryDirectory(prefix="vitforge-prune-")
         self.path = Path(self._dir.name) / "model.onnx"
@@ -72,7 +72,7 @@ class OrtTimer:
         self.feed = {self.session.get_inputs()[0].name: x.numpy()}
 
     def stats(self) -> dict:
-        from ...utils.graph_stats import graph_stats
+        from ..utils.graph_stats import graph_stats
 
         s = graph_stats(self.path)
         return {"params": s["params"], "gflops": round(s["gflops"], 4)}
@@ -87,7 +87,7 @@ class OrtTimer:
 def best_ms(timers: list[OrtTimer], runs: int = 10, rounds: int = 3) -> list[float]:
     """Best-of latency of each timer, the timers interleaved over ``rounds`` so drift on a shared
     machine hits all alike (other work only ever adds time, so the minimum is the stable statistic)."""
-    from ...targets.lut import best_ms as _best
+    from ..targets.lut import best_ms as _best
 
     best = [float("inf")] * len(timers)
     per = max(1, runs // rounds)

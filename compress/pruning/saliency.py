@@ -26,7 +26,7 @@ import torch
 import torch_pruning as tp
 from torch_pruning.dependency import Dependency, Group
 
-from ...distill import Distiller
+from ..distill import Distiller
 from .gates import Gates
 from .remove import dependency_graph
 

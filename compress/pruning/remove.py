@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ...models.heads import WidthRestore
+from ..models.heads import WidthRestore
 
-from ...models.vit import BlockConfig, LayerScale
+from ..models.vit import BlockConfig, LayerScale
 from . import compensate
 
 

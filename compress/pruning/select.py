@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .latency import Predictor
+from .budget import Predictor
 from .remove import Plan
 from .saliency import Saliency
 

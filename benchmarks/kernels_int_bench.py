@@ -109,12 +109,32 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-images", type=int, default=8, help="images for the code equality check (recipes: 8)")
     ap.add_argument("--latency-rounds", type=int, default=15)
     ap.add_argument("--no-approx", action="store_true", help="skip the jitter floor and the float approximations")
+    ap.add_argument("--codes-only", type=Path, metavar="JSON",
+                    help="only check the integer codes of the W8A8 int-ops artifact already in --out (calibrated "
+                         "model from <out>/w8a8-state) on --verify-images images; write the figures to JSON")
+    ap.add_argument("--latency-only", type=Path, metavar="JSON",
+                    help="only time the two W8A8 artifacts already in --out; write the figures to JSON")
     ap.add_argument("--smoke", action="store_true", help="10 test / 10 probe / 4 calibration images, 1 latency round")
     ap.add_argument("--publish", type=Path, default=REPO / "benchmarks" / "results" / "kernels_int.json")
     args = ap.parse_args(argv)
     if args.smoke:
         args.test, args.probe_train, args.calibration, args.latency_rounds, args.verify_images = 10, 10, 4, 1, 2
     torch.set_num_threads(1)
+    if args.latency_only:
+        from compress.utils.io import write_json
+
+        paths = {k: args.out / f"{k}.qdq.onnx" for k in ("w8a8-float-ops", "w8a8-int-ops")}
+        lat = latency(paths, args.latency_rounds, 224)
+        write_json(args.latency_only, {"command": " ".join(["OMP_NUM_THREADS=1", "python"] + sys.argv),
+                                       "artifacts": {k: str(p.relative_to(REPO) if p.is_relative_to(REPO) else p)
+                                                     for k, p in paths.items()},
+                                       "ort_latency_cpu_ms": lat,
+                                       "latency_ratio_int_vs_float": lat["w8a8-int-ops"] / lat["w8a8-float-ops"],
+                                       "rounds": args.latency_rounds,
+                                       "latency_note": "batch 1, 1 thread, process CPU time; median over "
+                                                       "interleaved rounds of 3-run medians"})
+        print(lat, lat["w8a8-int-ops"] / lat["w8a8-float-ops"])
+        return 0
     from compress.kernels.integer import verify_codes
     from kernels_accuracy import int8_onnx, restated_target, score
 
@@ -134,6 +154,17 @@ def main(argv=None) -> int:
     ev = Evaluator(reference.model, recipe.data, recipe.evaluation, args.out)
     ctx = RunContext(recipe, args.out, reference)
     state = calibrated(args, ctx, reference)
+    if args.codes_only:
+        int_state = copy.deepcopy(state)
+        krec = KernelsPass(KernelsConfig(softmax="int", gelu="int")).run(int_state, ctx)
+        path = args.out / "w8a8-int-ops.qdq.onnx"
+        codes = verify_codes(path, int_state.model, ev.fidelity_images()[: args.verify_images])
+        write_json(args.codes_only, {"command": " ".join(["OMP_NUM_THREADS=1", "python"] + sys.argv),
+                                     "artifact": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+                                     "verify_images": args.verify_images, "int_exponents": krec["int"]["exponents"],
+                                     "code_equality": codes})
+        print({k: v for k, v in codes.items() if k != "per_kernel_model_output_equal"})
+        return 0
     paths = {"w8a8-float-ops": int8_onnx(state, ev, args.out / "w8a8-float-ops.qdq.onnx", ctx)}
     int_state = copy.deepcopy(state)
     krec = KernelsPass(KernelsConfig(softmax="int", gelu="int")).run(int_state, ctx)

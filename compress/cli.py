@@ -2,7 +2,7 @@
 
   compress --recipe recipes/int4-vit.yaml [--model M] [--data D] [--out DIR] [--set k=v ...] [--resume]
   compress inspect MODEL          structure, FLOPs and activation statistics
-  compress eval MODEL|ARTIFACT    evaluation alone
+  compress eval MODEL|ARTIFACT    evaluation alone (a split.json: scored through the served path)
   compress export MODEL           export (and verification) alone
   compress list                   models, passes, targets and shipped recipes
   compress profile ARTIFACT       latency, throughput, memory, per-op times here or on --host user@device
@@ -61,6 +61,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("target", nargs="?", default=None, help="model, checkpoint folder, or artifact (.onnx/.pte/.xml)")
         _recipe_args(p)
         p.add_argument("--reference", help="fp32 reference model (default: the recipe's model)")
+        p.add_argument("--images", type=bounded_int(1, 1_000_000), default=200,
+                       help="split manifests (split.json): test images scored through the served path")
+        p.add_argument("--runs", type=bounded_int(1, 100_000), default=20, help="split manifests: latency runs")
+        p.add_argument("--endpoints", nargs="+", help="split manifests: parts already served (default: start here)")
     elif command == "export":
         p = argparse.ArgumentParser(prog="compress export", description="Export and verify a model or checkpoint.")
         p.add_argument("target", nargs="?", default=None, help="model or checkpoint folder")
@@ -156,6 +160,11 @@ def _dispatch(command: str | None, args, argv) -> dict:
         from .split import commands as split_commands
 
         return split_commands.run(command, args)
+    if command == "eval" and args.target and args.target.endswith(".json"):  # a split deployment's split.json
+        from .split.evaluate import evaluate_served
+
+        return evaluate_served(args.target, args.data or "cifar10", count=args.images, runs=args.runs,
+                               endpoints=args.endpoints, reference=args.reference)
     from . import commands
 
     if command is None:

@@ -13,8 +13,9 @@ Embedded DINOv2 ViT-S/14 (``dinov2-s14-focus``), the spine's Evaluator (probe tr
    run the quantize pass (W8A8 defaults) after the kernels pass, exported as the pass's Q/DQ ONNX (verified
    against the fake-quant model) and scored in ONNX Runtime, and are also compared to ``int8`` with the exact
    ops (its predictions are kept in ``<out>/int8-pred.pt`` for later invocations). ``int8>...`` variants
-   swap the approximations into the already calibrated INT8 model instead (same scales: their own effect). Targets: agreement >= 99% with the exact model and
-   |top-1 change| <= 0.3 pt. Writes ``<out>/results.json`` and prints markdown tables.
+   swap the approximations into the already calibrated INT8 model instead (same scales: their own effect).
+   Targets: agreement >= 99% with the exact model and |top-1 change| <= 0.3 pt.
+   Writes ``<out>/results.json`` and prints markdown tables.
 """
 from __future__ import annotations
 
@@ -162,8 +163,8 @@ def run_variant(name, ev, reference, ctx, out: Path, cache: dict, wait_s: float 
     Models are built (and INT8 ones calibrated) before the fp32 reference features are needed."""
     from compress.export.onnx_export import export_onnx
     from compress.export.verify import verify
-    from compress.passes.kernels import KernelsConfig, apply
-    from compress.runtime import OrtRunner, TorchRunner
+    from compress.passes.kernel_swap import KernelsConfig, apply
+    from compress.runtime import OrtRunner
 
     if name == "int8~jitter":  # the measurement's floor: the exact-ops INT8 graph on inputs moved by 1e-6
         return jitter_floor(ev, out, cache)
@@ -255,7 +256,7 @@ def onnx_latency(out: Path, reference, runs: int) -> dict:
     benchmark lock (the approximations target accelerators; on a CPU they cost time, measured here)."""
     import fcntl
 
-    from compress.evaluation.latency import measure
+    from compress.evaluation.timing import measure
     from compress.export.onnx_export import export_onnx
     from compress.runtime import OrtRunner
 

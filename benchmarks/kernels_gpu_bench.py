@@ -164,7 +164,7 @@ def bench_gelu(bench, kb, device, copy_gbs, shapes) -> list[dict]:
 
 
 def int_impls(kb: dict) -> dict:
-    from compress.kernels.triton import integer as tint
+    from compress.kernels import triton_integer as tint
 
     return {"triton": tint} | ({"cuda": kb["cuda"]} if "cuda" in kb else {})
 
@@ -279,7 +279,8 @@ def markdown(res: dict) -> str:
              f"Correctness on the device: {len(res['correctness']) - len(bad)}/{len(res['correctness'])} within bounds"
              + "".join(f"\n- FAILED {r['op']} {r['backend']} {r['dtype']}: {r['max_error']:.3g} > {r['bound']:.3g}"
                        for r in bad), "",
-             "| op | backend | method | dtype | shape | ms | GB/s | % of copy | vs eager |", "|---|---|---|---|---|---|---|---|---|"]
+             "| op | backend | method | dtype | shape | ms | GB/s | % of copy | vs eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["timings"]:
         lines.append(f"| {r['op']} | {r['backend']} | {r['method']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
                      f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | {100 * r['share_of_copy']:.1f} | {r['speedup_vs_eager']:.2f}x |")

@@ -47,7 +47,7 @@ def latency(paths: dict[str, Path], rounds: int, size: int) -> dict:
     """Median over interleaved rounds of each graph's per-round median process CPU time (ms), batch 1, 1 thread."""
     import fcntl
 
-    from compress.evaluation.latency import measure
+    from compress.evaluation.timing import measure
     from compress.runtime import OrtRunner
 
     runners = {k: OrtRunner(p) for k, p in paths.items()}
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     from kernels_accuracy import int8_onnx, restated_target, score
 
     from compress.evaluation.evaluate import Evaluator
-    from compress.passes.kernels import KernelsConfig, KernelsPass, apply
+    from compress.passes.kernel_swap import KernelsConfig, KernelsPass, apply
     from compress.pipeline.checkpoint import load_any
     from compress.pipeline.context import RunContext
     from compress.recipes.schema import DataConfig, EvaluationConfig, Recipe

@@ -150,7 +150,8 @@ def _f(v, fmt: str) -> str:
 
 def table(results: dict) -> str:
     head = ("| variant | latency vs fp32 (CPU best-of) | speed-up | CPU ms | p50 ms (wall) | top-1 % | Δ top-1 | "
-            "Δ top-1 (all test images) | own-probe Δ top-1 | one-shot Δ top-1 | agreement % | LUT predicted ms | measured ms | prediction error | "
+            "Δ top-1 (all test images) | own-probe Δ top-1 | one-shot Δ top-1 | agreement % | LUT predicted ms | "
+            "measured ms | prediction error | "
             "params M | GFLOPs | pass CPU min (prune + align) | pass wall min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
     from compress.utils.io import write_json
 
     write_json(args.results,
-               {"command": "OMP_NUM_THREADS=1 python benchmarks/prune_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               {"command": "OMP_NUM_THREADS=1 python benchmarks/prune_bench.py "
+                + " ".join(sys.argv[1:] if argv is None else argv),
                 "reference_top1": ref, "results": results, "table": table(results)})
     return 0
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from compress.data import load_subset  # noqa: E402
 from compress.evaluation.evaluate import Evaluator  # noqa: E402
-from compress.evaluation.latency import measure  # noqa: E402
+from compress.evaluation.timing import measure  # noqa: E402
 from compress.export.onnx_export import export_onnx  # noqa: E402
 from compress.models import load_model  # noqa: E402
 from compress.recipes.schema import DataConfig, EvaluationConfig  # noqa: E402

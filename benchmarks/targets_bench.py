@@ -41,7 +41,7 @@ def log(msg: str) -> None:
 
 
 def time_it(fn, x, warmup: int, runs: int) -> dict:
-    from compress.evaluation.latency import measure
+    from compress.evaluation.timing import measure
 
     return measure(lambda: fn(x), warmup, runs) | {"runs": runs}
 
@@ -200,7 +200,7 @@ def bench_lock(path: str = "/tmp/vitforge-bench.lock"):
 
 def runner_for(a: dict):
     from compress.runtime import RUNNERS
-    from compress.targets.runners import OpenVINORunner
+    from compress.targets.exporters.runners import OpenVINORunner
 
     if a["runtime"] == "openvino" and a.get("ov_precision"):
         return OpenVINORunner(a["path"], 1, precision=a["ov_precision"])
@@ -212,7 +212,7 @@ def bench_model(ref: str, args, earlier: dict | None = None) -> dict:
     from compress.pipeline.run import seed_everything
     from compress.pipeline.checkpoint import load_any
     from compress.recipes.schema import DataConfig, EvaluationConfig
-    from compress.targets.latency import load_latency_model, roofline_model
+    from compress.targets.latency_models import load_latency_model, roofline_model
 
     seed_everything(0)  # as `compress --recipe` does (seed 0): the same random DeiT weights as a --quant-run
     state = load_any(ref)
@@ -251,6 +251,7 @@ def bench_model(ref: str, args, earlier: dict | None = None) -> dict:
     roof, lut = roofline_model("x86-avx512"), load_latency_model("x86-avx512")
     best8 = min((r for r in rows if is_int8(r) and r["who"] == "ours"),
                 key=lambda r: r["latency"]["cpu_p50_ms"], default=None)
+    ort = next(r for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32")  # the ORT fp32 row
     estimates = {"roofline_fp32_ms": roof.model_ms(cfg, "fp32"), "roofline_int8_ms": roof.model_ms(cfg, "int8"),
                  "lut_fp32_ms": lut.model_ms(cfg, "fp32") if lut.source == "lut" else None,
                  "measured_ort_fp32_ms": ort["latency"]["p50_ms"], "measured_ort_fp32_cpu_ms": ort["latency"]["cpu_p50_ms"]}

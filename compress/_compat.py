@@ -18,7 +18,7 @@ def ensure_torchvision_ops() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    import torch
+    import torch  # noqa: F401  loads torch (and its operator registry) before the schemas are looked up
 
     for name, schema in (("nms", "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"),
                          ("qnms", "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")):

@@ -73,7 +73,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     elif command == "list":
         p = argparse.ArgumentParser(prog="compress list", description="Models, passes, targets, recipes.")
     elif command in ("profile", "build"):
-        from .targets.commands import add_arguments
+        from .targets.deploy.commands import add_arguments
 
         p = add_arguments(command)
     elif command in ("serve-part", "infer"):
@@ -169,7 +169,10 @@ def _dispatch(command: str | None, args, argv) -> dict:
 
     if command is None:
         return commands.run(args, ["compress", *argv])
-    return getattr(commands, command if command != "eval" else "evaluate")(args)
+    return getattr(commands, _FUNCTIONS.get(command, command))(args)
+
+
+_FUNCTIONS = {"eval": "evaluate", "list": "list_all"}  # commands whose function is named otherwise
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ def summary_table(rows: list[dict]) -> str:
 def run(args, argv) -> dict:
     from .pipeline.run import RunOptions, run_recipe
 
-    lr = load_recipe(args.recipe, args.set, model=args.model, data=args.data)
-    if args.weights:
-        lr.recipe.weights = args.weights
+    lr = load_recipe(args.recipe, args.set, model=args.model, data=args.data, weights=args.weights)
     out = Path(args.out) if args.out else Path("runs") / run_folder_name(lr.recipe.name, lr.origins)
     args.run_dir = out  # where an internal error's log goes (cli.main)
     summary = run_recipe(lr, RunOptions(out, resume=args.resume, force=args.force, argv=argv))
@@ -82,7 +80,7 @@ def out_dir(path: str | Path) -> Path:
 
 def inspect(args) -> dict:
     from .data import load_subset
-    from .inspect import activation_stats, format_text, graph_flops, structure
+    from .inspection import activation_stats, format_text, graph_flops, structure
     from .pipeline.checkpoint import load_any
 
     state = load_any(args.model, args.weights)
@@ -111,7 +109,7 @@ def evaluate(args) -> dict:
     from .evaluation.report_eval import latency_of
     from .pipeline.checkpoint import load_any
     from .runtime import RUNNERS, TorchRunner
-    from . import targets as _  # noqa: F401  registers the executorch and openvino runners
+    from .targets import deploy as _  # noqa: F401  registers the executorch and openvino runners
 
     lr, reference = _reference_and_recipe(args)
     target = args.target or args.model or lr.recipe.model
@@ -143,36 +141,27 @@ def evaluate(args) -> dict:
 
 
 def export(args) -> dict:
-    import torch
-
-    from .evaluation.evaluate import Evaluator
-    from .export.exporters import export_all
-    from .pipeline.context import RunContext
+    """The pipeline's export stage (``compress.pipeline.export_stage``) on a model or checkpoint, into ``--out``."""
     from .pipeline.checkpoint import load_any
-    from .utils.io import sha256_file, write_json
+    from .pipeline.context import RunContext
+    from .pipeline.export_stage import export_stage, target_profiles
+    from .utils.io import write_json
 
     out = out_dir(args.out)
     lr, reference = _reference_and_recipe(args)
     target = args.target or args.model or lr.recipe.model
     state = load_any(target, args.weights)
-    ctx = RunContext(lr.recipe, out, reference, [__import__("compress.targets", fromlist=["x"]).load_profile(t)
-                                                 for t in lr.recipe.targets])
-    imgs = Evaluator(reference.model, lr.recipe.data, lr.recipe.evaluation).fidelity_images()
-    with torch.inference_mode():
-        artifacts = export_all(state, ctx, imgs[: lr.recipe.export.verify.images])
-    for a in artifacts:
-        p = out / a.path
-        a.sha256 = sha256_file(p) if p.is_file() else None
-    result = {"artifacts": [a.to_dict() for a in artifacts]}
+    result = export_stage(state, RunContext(lr.recipe, out, reference, target_profiles(lr.recipe)))
     write_json(out / "export.json", result)
-    for a in artifacts:
-        v = a.verification or {}
-        _print(f"{a.path}: {a.precision} for {a.runtime}" + (f", max|diff| {v['max_abs']:.3g}, cosine {v['cosine']:.6f}"
-                                                            if v else ""))
+    for a in result["artifacts"]:
+        v = a.get("verification") or {}
+        _print(f"{a['path']}: {a['precision']} for {a['runtime']}"
+               + (f", max|diff| {v['max_abs']:.3g}, cosine {v['cosine']:.6f}" if v else ""))
     return result
 
 
-def list(args) -> dict:  # noqa: A001 - the command is called "list"
+def list_all(args) -> dict:
+    """``compress list``: models, passes, targets and recipes."""
     from .models import SUPPORTED
     from .pipeline.base import available_passes
     from .targets import list_profiles
@@ -195,12 +184,12 @@ def list(args) -> dict:  # noqa: A001 - the command is called "list"
 
 
 def profile(args) -> dict:
-    from .targets.commands import profile as run_profile
+    from .targets.deploy.commands import profile as run_profile
 
     return run_profile(args)
 
 
 def build(args) -> dict:
-    from .targets.commands import build as run_build
+    from .targets.deploy.commands import build as run_build
 
     return run_build(args)

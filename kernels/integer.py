@@ -212,7 +212,7 @@ def _run(kind: str, x: torch.Tensor, k: int, backend: str) -> torch.Tensor:
     if b == "reference":
         return softmax(x, k) if kind == "softmax" else gelu(x, k)
     if b == "triton":
-        from .triton import integer as impl
+        from . import triton_integer as impl
     else:
         from . import cuda as impl
     fn = impl.int_softmax_codes if kind == "softmax" else impl.int_gelu_codes
@@ -283,7 +283,7 @@ def int_modules(model: nn.Module) -> dict[str, nn.Module]:
 def code_taps(proto, path: str) -> tuple[str, str]:
     """(input codes, output codes) tensor names of the integer kernel exported from module ``path``: the
     output of its first Cast to INT32 and the input of its last Cast to FLOAT (the exporter's node scope)."""
-    from ..passes.quantize.onnx_graph import node_name
+    from ..utils.onnx_graph import node_name
 
     scope = node_name(path, "")
     nodes = [n for n in proto.graph.node if n.name.startswith(scope) and n.op_type == "Cast"]

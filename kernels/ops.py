@@ -54,7 +54,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _triton():
-    from . import triton as tk
+    from . import triton_kernels as tk
 
     return tk
 

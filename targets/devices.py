@@ -16,6 +16,11 @@ FALLBACK = {"fp8": ["int8", "fp16", "bf16", "fp32"], "int4": ["int8", "fp16", "b
             "int8": ["fp16", "bf16", "fp32"], "fp16": ["bf16", "fp32"], "bf16": ["fp16", "fp32"], "fp32": ["fp16"]}
 
 
+# the device exporters of the upper layer (compress.targets.deploy registers one under each name): recipes and
+# profiles are checked against these names without importing any exporter
+BUILTIN_EXPORTERS = ("executorch", "onnxruntime", "openvino", "tensorrt")
+
+
 def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
@@ -50,7 +55,7 @@ def load_profile(target) -> dict:
 
 def resolve_precision(profile: dict, wanted: str) -> tuple[str, str | None]:
     """(precision the target runs, a note when it is not ``wanted``)."""
-    from .latency import canonical_precision
+    from .latency_models import canonical_precision
 
     want = canonical_precision(wanted)
     native = [canonical_precision(p) for p in profile["precisions"]]

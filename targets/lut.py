@@ -84,7 +84,7 @@ def build_lut(target: str, grid: str | dict = "default", threads: int | None = N
     import onnxruntime
 
     from . import load_profile
-    from .latency import LatencyModel
+    from .latency_models import LatencyModel
 
     prof = load_profile(target)
     threads = threads or int(prof.get("threads", 1))
@@ -111,8 +111,8 @@ def build_lut(target: str, grid: str | dict = "default", threads: int | None = N
         ratios.append(ms / est)
     ratios.sort()
     lut = {"target": target, "runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider",
-           "threads": threads, "batch": 1, "statistic": f"least process CPU time of {runs} runs after 3 warm-up", "precision_note":
-           "fp32 measured; other precisions scale the fp32 table by the roofline ratio",
+           "threads": threads, "batch": 1, "statistic": f"least process CPU time of {runs} runs after 3 warm-up",
+           "precision_note": "fp32 measured; other precisions scale the fp32 table by the roofline ratio",
            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - t0, 1),
            "command": f"compress profile --build-lut --target {target} --grid {grid if isinstance(grid, str) else 'custom'}",
            "precisions": {"fp32": {"attn": {"axes": attn_axes, "ms": attn}, "mlp": {"axes": mlp_axes, "ms": mlp},
@@ -153,7 +153,7 @@ def measure_model_ms(cfg: ViTConfig, threads: int = 1, runs: int = 10, warmup: i
 def validate(target: str, lut: dict, cfgs: list, threads: int = 1, runs: int = 10) -> list[dict]:
     """Predicted vs measured latency of whole models (ViTConfig each)."""
     from . import load_profile
-    from .latency import LutLatencyModel
+    from .latency_models import LutLatencyModel
 
     lm = LutLatencyModel(target, load_profile(target), lut)
     rows = []

@@ -17,6 +17,24 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _have(mark: str) -> bool:
+    if mark == "gpu":
+        return torch.cuda.is_available()
+    from compress.kernels import cuda
+
+    return cuda.nvcc() is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers registered in pyproject.toml: ``gpu`` tests skip without a CUDA GPU, ``nvcc`` tests without the CUDA
+    compiler; ``slow`` ones run unless deselected (-m "not slow")."""
+    have: dict[str, bool] = {}
+    for item in items:
+        for mark in ("gpu", "nvcc"):
+            if mark in item.keywords and not have.setdefault(mark, _have(mark)):
+                item.add_marker(pytest.mark.skip(reason=f"needs {'a CUDA GPU' if mark == 'gpu' else 'nvcc'}"))
+
+
 @pytest.fixture(scope="session")
 def real_images() -> str:
     """Real images that every set-up machine has: Fashion-MNIST from Debian's dataset-fashion-mnist (make setup

@@ -18,10 +18,10 @@ import torch  # noqa: E402
 
 from compress.kernels import reference as R  # noqa: E402
 from compress.kernels import ops  # noqa: E402
-from compress.kernels.triton import gelu as tgelu  # noqa: E402
-from compress.kernels.triton import softmax as tsoftmax  # noqa: E402
-from compress.kernels.triton import softmax_codes as tcodes  # noqa: E402
-from compress.kernels.triton.softmax import FUSED_MAX  # noqa: E402
+from compress.kernels.triton_kernels import gelu as tgelu  # noqa: E402
+from compress.kernels.triton_kernels import softmax as tsoftmax  # noqa: E402
+from compress.kernels.triton_kernels import softmax_codes as tcodes  # noqa: E402
+from compress.kernels.triton_softmax import FUSED_MAX  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -149,7 +149,7 @@ def test_custom_ops_reach_triton_under_the_interpreter():
 
 # -- integer softmax / GELU: codes equal to the reference's, bit for bit ------------------------------------------
 from compress.kernels import integer as I  # noqa: E402
-from compress.kernels.triton import integer as tint  # noqa: E402
+from compress.kernels import triton_integer as tint  # noqa: E402
 
 
 @pytest.mark.parametrize("shape,k", [((1, 1), 1), ((3, 7), 8), ((2, 3, 5, 257), 8), ((4, 1000), 14), ((2, 4097), 3)])

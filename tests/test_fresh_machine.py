@@ -254,6 +254,7 @@ def test_nothing_anywhere_is_one_line_with_the_fix(catalog, monkeypatch):
 
 # ---------------------------------------------------------------- shipped recipes, installed from a wheel
 
+@pytest.mark.slow  # builds a wheel and installs it into a fresh venv: ~1.5 min
 def test_wheel_runs_shipped_recipes_by_name_from_an_empty_folder(tmp_path):
     import venv
 
@@ -297,6 +298,7 @@ def test_a_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the demo, as a user without ../shared runs it
 
+@pytest.mark.slow  # the int4-vit recipe on the embedded ViT-S/14: CPU minutes (its timeout is 25 min)
 def test_demo_command_line_finishes_with_a_report_without_shared(tmp_path):
     """`make demo`'s command (the int4-vit recipe, fewer images) with ../shared hidden and no download: the data
     layer falls back to Fashion-MNIST, says so, and the run ends with a report that records the source."""

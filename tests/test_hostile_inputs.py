@@ -9,7 +9,6 @@ import re
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -300,7 +299,7 @@ def test_internal_error_is_one_line_with_a_log_of_the_traceback(tmp_path):
     root, work = _sandbox(tmp_path)
     code = ("import sys, compress.commands as c\n"
             "def boom(args): raise ZeroDivisionError('deliberate bug')\n"
-            "c.list = boom\nfrom compress.cli import main\nsys.exit(main(['list']))\n")
+            "c.list_all = boom\nfrom compress.cli import main\nsys.exit(main(['list']))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=work, env=_env(root), capture_output=True, text=True,
                        timeout=60)
     line = _one_error_line(r)

@@ -16,7 +16,7 @@ from compress.errors import UserError
 from compress.kernels import KernelGELU, KernelSoftmax, reference as R
 from compress.kernels.measure import capture_inputs, gelu_errors, softmax_errors
 from compress.models.vit import Softmax
-from compress.passes.kernels import KernelsConfig, apply, lut_error
+from compress.passes.kernel_swap import KernelsConfig, apply, lut_error
 from compress.pipeline.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.timeout(180)
@@ -151,7 +151,7 @@ def test_op_inside_a_wrapper_is_swapped_in_place():
 
 def test_approximations_export_to_plain_onnx_and_checkpoint_reloads(tmp_path):
     from compress.export.onnx_export import export_onnx
-    from compress.passes.kernels import KernelsPass
+    from compress.passes.kernel_swap import KernelsPass
     from compress.pipeline.state import ModelState
     from compress.runtime import OrtRunner
 

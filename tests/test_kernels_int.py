@@ -122,7 +122,7 @@ def test_cuda_kernel_code_built_for_the_host_equals_reference(tmp_path):
 
 def _quantized_int_model(tmp_path):
     from compress.models import build
-    from compress.passes.kernels import KernelsConfig, KernelsPass
+    from compress.passes.kernel_swap import KernelsConfig, KernelsPass
     from compress.pipeline.base import available_passes
     from compress.pipeline.state import ModelState
     from tests.conftest import tiny_config

@@ -42,7 +42,7 @@ def test_timm_conversion_matches_timm(arch, kw):
 
 def test_hf_dinov2_and_clip_folders_match_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from compress.models import hf
+    from compress.models import hf  # noqa: F401  the loader imports with transformers installed
 
     torch.manual_seed(0)
     cfg = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,

@@ -67,29 +67,74 @@ def test_must_follow_is_checked(tmp_path, monkeypatch):
 
 
 def test_duplicate_registration_is_an_error(monkeypatch):
-    from compress.export import artifacts
-    from compress import report
-    from compress.pipeline import base
+    from compress import registry
+    from compress.runtime import RUNNERS, register_runner
 
-    monkeypatch.setattr(base, "PASSES", dict(available_passes()))
+    monkeypatch.setattr(registry.PASSES, "builtins", ())
+    for k, v in list(available_passes().items()):
+        monkeypatch.setitem(registry.PASSES, k, v)  # restored after the test
     with pytest.raises(ValueError, match="pass 'fold' is registered twice"):
         register_pass(type("OtherFold", (Pass,), {"name": "fold", "__module__": "elsewhere"}))
-    again = base.PASSES["fold"]
+    again = registry.PASSES["fold"]
     assert register_pass(again) is again  # the same definition (e.g. a reloaded module) is not a duplicate
 
-    monkeypatch.setattr(artifacts, "EXPORTERS", {})
-    artifacts.register_exporter("x")(lambda req: [])
-    with pytest.raises(ValueError, match="exporter 'x' is registered twice"):
+    monkeypatch.delitem(registry.TARGET_EXPORTERS, "x-test", raising=False)
+    register = registry.TARGET_EXPORTERS.add("x-test")
+    register(lambda req: [])
+    with pytest.raises(ValueError, match="target exporter 'x-test' is registered twice"):
         def other(req):
             return []
-        artifacts.register_exporter("x")(other)
+        register(other)
+    monkeypatch.delitem(registry.TARGET_EXPORTERS, "x-test")
 
-    monkeypatch.setattr(report, "SECTIONS", {})
-    report.register_section("p")(lambda rec, d: "")
-    with pytest.raises(ValueError, match="report section 'p' is registered twice"):
-        def section(rec, d):
-            return ""
-        report.register_section("p")(section)
+    with pytest.raises(ValueError, match="runtime 'onnxruntime' is registered twice"):
+        register_runner("onnxruntime")(lambda path, threads: None)
+    assert RUNNERS["onnxruntime"].__name__ == "OrtRunner"
+
+
+def test_the_descriptor_owns_its_exporter_and_report_section(tmp_path, monkeypatch):
+    """Export and report find a pass's artifacts and section through its descriptor, and nowhere else."""
+    from compress import registry, report
+    from compress.export import artifacts, exporters
+    from compress.passes.quantize.export import export_quantized
+    from compress.passes.quantize.report import quantize_section
+
+    reg = available_passes()
+    assert reg["quantize"].exporter is export_quantized and reg["quantize"].report_section is quantize_section
+    assert {n for n, c in reg.items() if c.exporter} == {"quantize", "split"}
+    assert {n for n, c in reg.items() if c.report_section} == {"align", "kernels", "prune", "quantize", "split"}
+    for mod in (artifacts, exporters, report):  # no second table keyed by pass name
+        assert not {"EXPORTERS", "SECTIONS", "register_exporter", "register_section"} & set(vars(mod))
+
+    import torch
+
+    from compress.models import build
+    from compress.pipeline.context import RunContext
+    from compress.pipeline.state import ModelState
+    from compress.recipes.schema import Recipe
+
+    from conftest import tiny_config
+
+    def marked_export(req):
+        a = artifacts.Artifact("marked", "artifacts/model.onnx", "onnx", "onnxruntime", "fp32",
+                               notes=[f"float graph at {req.float_onnx.name}"])
+        return [a]
+
+    class Marked(Pass):
+        name = "marked-test"
+        exporter = staticmethod(marked_export)
+        report_section = staticmethod(lambda rec, run_dir: f"- marked by the descriptor: {rec['value']}")
+
+    monkeypatch.setitem(registry.PASSES, Marked.name, Marked)
+    torch.manual_seed(0)
+    ref = ModelState(build(tiny_config()), "tiny", [])
+    st = ref.clone()
+    st.history.append({"name": "m1", "type": "marked-test", "value": 7})
+    arts = exporters.export_all(st, RunContext(Recipe(), tmp_path / "run", ref, []), torch.randn(2, 3, 32, 32))
+    assert [a.name for a in arts] == ["baseline-fp32", "float-graph", "marked"]
+    assert arts[-1].notes == ["float graph at model.onnx"]
+    report.write_report(tmp_path, {"recipe": "r", "model": "m", "passes": st.history, "artifacts": []})
+    assert "- marked by the descriptor: 7" in (tmp_path / "report.md").read_text()
 
 
 def test_a_stored_config_of_another_version_is_refused(tmp_path, tiny_model, monkeypatch):

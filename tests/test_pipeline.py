@@ -47,6 +47,7 @@ KILL_PASSES = """passes:
 """
 
 
+@pytest.mark.slow  # three runs of a W8A8 recipe: 2-5 min
 def test_kill_9_then_resume_gives_identical_artifacts(tmp_path, image_folder):
     """kill -9 lands inside a pass (triggered by the pass's own progress line, not by a sleep): the
     finished pass is kept intact, the killed one left no checkpoint, and --resume gives the clean run's files."""
@@ -83,6 +84,7 @@ def test_kill_9_then_resume_gives_identical_artifacts(tmp_path, image_folder):
         assert sha256_file(out / f["path"]) == f["sha256"]
 
 
+@pytest.mark.slow  # several runs: 2-4 min
 def test_rerun_resumes_and_changed_recipe_is_refused(tmp_path, image_folder):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=image_folder))

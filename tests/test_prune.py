@@ -310,7 +310,7 @@ def test_least_squares_compensation_reduces_the_error_of_removal():
 
 def test_blockwise_reconstruction_towards_the_teacher_beats_compensation_on_held_out_images():
     from compress.pruning import compensate
-    from compress.passes.prune.reconstruct import reconstruct
+    from compress.passes.prune.refit import reconstruct
 
     m = _model()
     xs, held = [_images(16, s) for s in range(4)], _images(16, 9)

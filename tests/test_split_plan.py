@@ -184,7 +184,7 @@ def test_plan_from_target_profiles():
     lat, mem, _ = asg.part_costs([big, small, small], [22_000_000, 5_500_000, 5_500_000], devs)
     opt = _brute(lat, mem, [d.memory_bytes for d in devs])
     assert plan.method == "exact" and plan.makespan_ms == pytest.approx(opt)
-    from compress.targets.latency import load_latency_model
+    from compress.targets.latency_models import load_latency_model
 
     for d, dev in enumerate(devs):  # the targets' own latency models, not a copy of them
         assert lat[1][d] == pytest.approx(load_latency_model(dev.target).model_ms(small))

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import compress.targets.deploy  # noqa: F401  the upper targets layer: registers the exporters export_all calls
 from conftest import make_image_folder, tiny_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,7 +66,8 @@ def test_ort_and_openvino_for_x86(data):
 
 
 def test_bf16_request_and_nearest_precision_recorded(data):
-    from compress.export.artifacts import EXPORTERS, ExportRequest, export_float_onnx
+    from compress.targets.deploy import TARGET_EXPORTERS
+    from compress.export.artifacts import ExportRequest, export_float_onnx
     from compress.targets import load_profile
 
     st = _state()
@@ -74,7 +76,7 @@ def test_bf16_request_and_nearest_precision_recorded(data):
     a = export_float_onnx(req)
     req.float_onnx, req.artifacts = data / "bf16" / a.path, [a]
     req.target = load_profile({"name": "x86-avx512", "precision": "fp16"})
-    arts = {x.precision: x for x in EXPORTERS["target:openvino"](req)}
+    arts = {x.precision: x for x in TARGET_EXPORTERS["openvino"](req)}
     assert set(arts) == {"fp32", "bf16"}
     bf = arts["bf16"]
     assert any("does not run fp16 natively" in n and "bf16" in n for n in bf.notes)
@@ -88,7 +90,7 @@ def test_bf16_request_and_nearest_precision_recorded(data):
 
 
 class WorkClock:
-    """Stands in for ``time`` in targets.check: it advances only by the GFLOPs each ONNX Runtime call
+    """Stands in for ``time`` in targets.exporters.check: it advances only by the GFLOPs each ONNX Runtime call
     computes, so the check's timing and verdict are deterministic on a shared machine."""
 
     def __init__(self):
@@ -120,8 +122,8 @@ def test_targets_check_passes_a_faster_model_and_fails_a_slow_one(data, monkeypa
     from compress.utils.graph_stats import graph_stats
     from compress.export.exporters import export_all
     from compress.runtime import RUNNERS
-    from compress.targets import check
-    from compress.targets.check import TargetCheckError
+    from compress.targets.exporters import check
+    from compress.targets.exporters.check import TargetCheckError
 
     clock = WorkClock()
     monkeypatch.setattr(check, "time", clock)
@@ -200,7 +202,8 @@ def test_openvino_runs_a_quantized_qdq_graph_in_int8(data, tmp_path):
     """A Q/DQ graph (the quantize pass's format) becomes an INT8 IR whose float layers run in bf16 on x86."""
     from test_targets_tensorrt import int8_qdq
 
-    from compress.export.artifacts import EXPORTERS, Artifact, ExportRequest, export_float_onnx
+    from compress.targets.deploy import TARGET_EXPORTERS
+    from compress.export.artifacts import Artifact, ExportRequest, export_float_onnx
     from compress.runtime import RUNNERS
     from compress.targets import load_profile
 
@@ -211,7 +214,7 @@ def test_openvino_runs_a_quantized_qdq_graph_in_int8(data, tmp_path):
     int8_qdq(req.float_onnx, tmp_path / "artifacts" / "model-qdq.onnx")
     req.artifacts = [a, Artifact("quantized-qdq", "artifacts/model-qdq.onnx", "onnx", "onnxruntime", "w8a8 int8-gemm")]
     req.target = load_profile("x86-avx512")
-    arts = {x.precision: x for x in EXPORTERS["target:openvino"](req)}
+    arts = {x.precision: x for x in TARGET_EXPORTERS["openvino"](req)}
     q = arts["w8a8 int8-gemm"]
     from compress.targets.exporters.openvino import VNNI_FLAGS, cpu_flags
 
@@ -224,7 +227,7 @@ def test_openvino_runs_a_quantized_qdq_graph_in_int8(data, tmp_path):
     assert f"float layers in {float_precision}" in " ".join(q.notes)
     assert not arts["fp32"].evaluate  # the fp32 IR is only the baseline of a quantized state
     assert RUNNERS["openvino"](tmp_path / q.path, 1).precision == float_precision
-    from compress.targets.runners import OpenVINORunner
+    from compress.targets.exporters.runners import OpenVINORunner
 
     prof = OpenVINORunner(tmp_path / q.path, 1, profile=True)
     prof(req.verify_images)

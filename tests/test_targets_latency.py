@@ -12,7 +12,7 @@ REQUIRED = ("jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "android-
 
 
 def test_every_profile_is_complete_and_cited():
-    from compress.export.artifacts import EXPORTERS
+    from compress.targets.deploy import TARGET_EXPORTERS
     from compress.targets import list_profiles, load_profile
 
     assert set(REQUIRED) <= set(list_profiles())
@@ -21,8 +21,11 @@ def test_every_profile_is_complete_and_cited():
         assert p["name"] == name and p["runtimes"] and p["memory_gb"] > 0
         assert p["roofline"]["bandwidth_gbs"] > 0 and p["roofline"]["peak_gflops"]["fp32"] > 0
         for e in p["exporters"]:
-            assert f"target:{e}" in EXPORTERS, f"{name}: exporter {e} is not registered"
+            assert e in TARGET_EXPORTERS, f"{name}: exporter {e} is not registered"
         assert len(p["sources"]) >= 2 and all(s["figure"] and s["source"] for s in p["sources"])
+    from compress.targets import BUILTIN_EXPORTERS  # the names recipes are checked against, without importing these
+
+    assert set(BUILTIN_EXPORTERS) == set(TARGET_EXPORTERS)
     orin = load_profile("jetson-orin-nano")
     assert "int8" in orin["precisions"] and "int4" in orin["precisions"] and "fp8" not in orin["precisions"]
     assert orin["runtimes"]["tensorrt"]["version"].startswith("10.")
@@ -67,7 +70,7 @@ def _vit_s(**kw):
 
 
 def test_roofline_model_follows_the_figures():
-    from compress.targets.latency import load_latency_model, roofline_model
+    from compress.targets.latency_models import load_latency_model, roofline_model
 
     orin = load_latency_model("jetson-orin-nano")
     assert orin.source == "roofline"
@@ -88,7 +91,7 @@ def test_lut_interpolation_is_exact_for_bilinear_costs():
     """A table of a cost bilinear in the widths (what matmul FLOPs are) is interpolated exactly between
     grid points, and extrapolated linearly outside."""
     from compress.targets import load_profile
-    from compress.targets.latency import LutLatencyModel
+    from compress.targets.latency_models import LutLatencyModel
 
     A = {"embed_dim": [64, 128], "num_heads": [1, 4], "head_dim": [16, 32], "tokens": [50, 100]}
     M = {"embed_dim": [64, 128], "mlp_dim": [128, 512], "tokens": [50, 100]}
@@ -110,7 +113,7 @@ def test_lut_interpolation_is_exact_for_bilinear_costs():
 
 def test_stored_x86_lut_predicts_whole_models_within_15_percent():
     """The table shipped for this machine's class, and the whole-model check it was built with."""
-    from compress.targets.latency import load_latency_model, lut_path
+    from compress.targets.latency_models import load_latency_model, lut_path
 
     lm = load_latency_model("x86-avx512")
     assert lm.source == "lut"
@@ -134,7 +137,7 @@ def test_stored_x86_lut_predicts_whole_models_within_15_percent():
 def test_build_lut_small_grid_measures_real_blocks(tmp_path):
     from compress.cli import main
     from compress.targets import load_profile
-    from compress.targets.latency import LatencyModel, load_latency_model
+    from compress.targets.latency_models import LatencyModel, load_latency_model
     from compress.targets.lut import GRIDS
 
     out = tmp_path / "lut.json"
@@ -173,7 +176,7 @@ def test_build_lut_needs_a_target(capsys):
 def test_precisions_without_a_table_are_labelled_roofline_scaled_estimates():
     """The stored x86 table holds fp32 only: its int8 / fp16 numbers are the fp32 table scaled by a roofline
     ratio, which the returned data and every description must say (never "measured")."""
-    from compress.targets.latency import load_latency_model, roofline_model
+    from compress.targets.latency_models import load_latency_model, roofline_model
     from compress.targets.lut import validation_configs
 
     lm = load_latency_model("x86-avx512")

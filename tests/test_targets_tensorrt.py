@@ -160,11 +160,11 @@ def test_matmulnbits_becomes_blocked_int4_dequantize_exactly():
 
 
 def test_kits_for_orin_and_xavier(run):
-    from compress.export.artifacts import EXPORTERS
+    from compress.targets.deploy import TARGET_EXPORTERS
     from compress.targets import load_profile
 
     run.target = load_profile({"name": "jetson-orin-nano"})
-    arts = EXPORTERS["target:tensorrt"](run)
+    arts = TARGET_EXPORTERS["tensorrt"](run)
     assert sorted(a.precision for a in arts) == ["fp16", "int8"]
     for a in arts:
         kit = run.run_dir / a.path
@@ -176,7 +176,7 @@ def test_kits_for_orin_and_xavier(run):
         assert a.verification["passed"] and a.verification["cosine"] > 0.999 and not a.evaluate
         assert (kit / "build_engine.py").is_file() and (kit / "trtexec.sh").is_file()
     run.target = load_profile({"name": "jetson-xavier-nx", "precision": "int4"})
-    arts = EXPORTERS["target:tensorrt"](run)
+    arts = TARGET_EXPORTERS["tensorrt"](run)
     (a,) = arts
     man = json.loads((run.run_dir / a.path / "manifest.json").read_text())
     assert a.precision == "int8" and any("does not run int4" in n for n in a.notes)
@@ -223,14 +223,15 @@ def test_opset_is_converted_or_the_kit_fails_never_just_renumbered():
 
 
 def test_kit_with_broken_rules_is_not_shipped(run):
-    from compress.export.artifacts import Artifact, EXPORTERS
+    from compress.export.artifacts import Artifact
+    from compress.targets.deploy import TARGET_EXPORTERS
     from compress.targets import load_profile
 
     saved = run.artifacts
     run.artifacts = [saved[0], Artifact("int8", "artifacts/ort-default-int8.onnx", "onnx", "onnxruntime", "w8a8")]
     run.target = load_profile({"name": "jetson-agx-orin", "precision": "int8"})
     try:
-        arts = EXPORTERS["target:tensorrt"](run)
+        arts = TARGET_EXPORTERS["tensorrt"](run)
     finally:
         run.artifacts = saved
     assert arts == []  # neither a kit that breaks the rules, nor a silent fp16 one in its place

@@ -164,7 +164,8 @@ def _with_foreign_op(src, dest):
 @pytest.mark.parametrize("optional", [False, True])
 def test_openvino_conversion_failure_fails_the_target_unless_optional(tmp_path, capsys, optional):
     from compress.errors import UserError
-    from compress.export.artifacts import EXPORTERS, Artifact, ExportRequest, export_float_onnx
+    from compress.targets.deploy import TARGET_EXPORTERS
+    from compress.export.artifacts import Artifact, ExportRequest, export_float_onnx
     from compress.targets import load_profile
 
     st, ctx = _run(tmp_path)
@@ -176,9 +177,9 @@ def test_openvino_conversion_failure_fails_the_target_unless_optional(tmp_path, 
     req.target = load_profile("x86-avx512") | {"optional": optional}
     if not optional:
         with pytest.raises(UserError, match="OpenVINO cannot convert artifacts/model-qdq.onnx"):
-            EXPORTERS["target:openvino"](req)
+            TARGET_EXPORTERS["openvino"](req)
         return
-    arts = EXPORTERS["target:openvino"](req)
+    arts = TARGET_EXPORTERS["openvino"](req)
     assert [x.precision for x in arts] == ["fp32"] and "(optional target: skipped)" in capsys.readouterr().err
 
 
@@ -190,13 +191,14 @@ def test_a_failing_target_fails_the_run_unless_the_recipe_marks_it_optional(tmp_
     from compress.pipeline.context import RunContext
     from compress.recipes.schema import Recipe
     from compress.targets import load_profile
+    from compress.targets.deploy import TARGET_EXPORTERS
 
     def broken(req):
         (artifacts.Path(req.artifacts_dir) / req.target["name"]).mkdir(exist_ok=True)
         (req.artifacts_dir / req.target["name"] / "half.xml").write_text("x")
         raise VerificationError("verification failed: half.xml")
 
-    monkeypatch.setitem(artifacts.EXPORTERS, "target:openvino", broken)
+    monkeypatch.setitem(TARGET_EXPORTERS, "openvino", broken)
     st, _ = _run(tmp_path)
     r = Recipe(targets=[{"name": "x86-avx512", "exporters": ["openvino"], "optional": optional}])
     ctx = RunContext(r, tmp_path / "run", st, [load_profile(t) for t in r.targets])
@@ -261,7 +263,6 @@ def _checkpoint(tmp_path, edit=None, history=()):
 ])
 def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
     from compress.errors import UserError
-    from compress.pipeline.state import ModelState
 
     ckpt = _checkpoint(tmp_path, edit)
     with pytest.raises(UserError, match=what):  # the 50 x 8192-wide config (40G params, 160 GB) is refused unallocated
@@ -269,8 +270,6 @@ def test_corrupt_checkpoint_configs_are_one_line_errors(tmp_path, edit, what):
 
 
 def test_checkpoint_loads_after_the_header_check(tmp_path):
-    from compress.pipeline.state import ModelState
-
     st, _ = load_checkpoint(_checkpoint(tmp_path))
     assert st.cfg.patch_size == 8 and next(st.model.parameters()).device.type == "cpu"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import struct
 import tarfile
 from pathlib import Path

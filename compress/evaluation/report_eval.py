@@ -12,7 +12,7 @@ from . import leakage
 from ..models.pooling import token_cosine
 from ..utils.graph_stats import graph_stats
 from .evaluate import Evaluator, block_sqnr
-from .latency import measure
+from .timing import measure
 from .offdomain import OffDomain
 from .saliency import SaliencyFidelity, has_decoder
 from .verdict import verdict

@@ -1,8 +1,9 @@
 """Artifacts a model state ships as, and the exporters that make them.
 
-The base exporter writes the float ONNX graph. Passes and targets register more (Q/DQ
-INT8, INT4 MatMulNBits, ExecuTorch, OpenVINO, TensorRT kits) with ``register_exporter``;
-each returns verified ``Artifact`` records.
+The base exporter writes the float ONNX graph. A pass's descriptor declares the artifacts it adds (its
+``exporter``: Q/DQ INT8, INT4 MatMulNBits); the upper targets layer registers the device exporters (ExecuTorch,
+OpenVINO, TensorRT kits, ONNX Runtime .ort) here with ``register_target_exporter``. Each returns verified
+``Artifact`` records.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Callable
 
 from .. import ui
 from ..errors import UserError
+from ..registry import TARGET_EXPORTERS
 from ..runtime import OrtRunner
 from ..utils.io import write_json
 from .onnx_export import export_onnx
@@ -41,19 +43,11 @@ class Artifact:
 
 
 ExporterFn = Callable[["ExportRequest"], list[Artifact]]
-EXPORTERS: dict[str, ExporterFn] = {}
 
 
-def register_exporter(name: str):
-    def deco(fn: ExporterFn) -> ExporterFn:
-        old = EXPORTERS.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"exporter {name!r} is registered twice ({old.__module__}.{old.__qualname__} and "
-                             f"{fn.__module__}.{fn.__qualname__})")
-        EXPORTERS[name] = fn
-        return fn
-
-    return deco
+def register_target_exporter(name: str):
+    """Decorator: ``fn`` exports for targets whose profile (or recipe entry) lists ``name`` under ``exporters``."""
+    return TARGET_EXPORTERS.add(name)
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Which artifacts a run ships: the fp32 baseline, the model itself, and what passes and targets add."""
+"""Which artifacts a run ships: the fp32 baseline, the model itself, and what passes and targets add.
+
+A pass adds artifacts through its descriptor's ``exporter`` (``compress.registry.PASSES``); a target through the
+exporters its profile lists, registered in ``TARGET_EXPORTERS`` by the upper targets layer
+(``compress.targets.deploy``, imported by the pipeline's export stage, ``compress.pipeline.export_stage``).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,7 +11,8 @@ import torch
 from .. import ui
 from ..errors import UserError, VerificationError
 from ..models.float_view import float_view
-from .artifacts import EXPORTERS, Artifact, ExportRequest, clean_stale, export_float_onnx, withdraw
+from ..registry import PASSES, TARGET_EXPORTERS
+from .artifacts import Artifact, ExportRequest, clean_stale, export_float_onnx, withdraw
 
 
 def export_all(state, ctx, images) -> list[Artifact]:
@@ -21,7 +27,9 @@ def export_all(state, ctx, images) -> list[Artifact]:
         a = export_float_onnx(base, "baseline-fp32.onnx", evaluate=False)
         a.name, a.notes = "baseline-fp32", ["the unmodified fp32 model, scored in ONNX Runtime like the others"]
         artifacts.append(a)
-    graph_exporters = [t for t in dict.fromkeys(r["type"] for r in state.history) if t in EXPORTERS]
+    passes = PASSES.loaded()
+    graph_exporters = [t for t in dict.fromkeys(r["type"] for r in state.history)
+                       if getattr(passes.get(t), "exporter", None) is not None]
     a = export_float_onnx(req, evaluate=not graph_exporters)
     if graph_exporters:
         a.name, a.notes = "float-graph", ["float graph the quantized artifacts are built from"]
@@ -29,18 +37,16 @@ def export_all(state, ctx, images) -> list[Artifact]:
     artifacts.append(a)
     for t in graph_exporters:
         ui.info(f"export: {t} artifacts")
-        artifacts += EXPORTERS[t](req)
-    from .. import targets as _  # noqa: F401  registers the target exporters
-
+        artifacts += passes[t].exporter(req)
     specs = list(getattr(ctx.recipe, "targets", None) or [])
     for i, target in enumerate(ctx.targets):
         spec = specs[i] if len(specs) == len(ctx.targets) else None
         target["optional"] = bool(target.get("optional") or getattr(spec, "optional", False))
         for name in target.get("exporters") or [target.get("exporter", target["name"])]:
-            fn = EXPORTERS.get(f"target:{name}")
-            if fn is None:
-                ui.info(f"export: target {target['name']} uses the ONNX Runtime artifacts above")
-                continue
+            fn = TARGET_EXPORTERS.get(name)
+            if fn is None:  # recipes are checked against the known names: the upper layer was not imported
+                raise RuntimeError(f"target exporter {name!r} is not registered: import compress.targets.deploy "
+                                   "(compress.pipeline.export_stage does) before exporting to targets")
             ui.info(f"export: target {target['name']} ({name})")
             req.artifacts, req.target = list(artifacts), target
             try:

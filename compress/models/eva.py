@@ -105,7 +105,7 @@ def _state(m: nn.Module, cfg: ViTConfig, fused: bool) -> dict:
             out[f"norm_pre.{p}"] = sd[f"norm_pre.{p}"]
         if cfg.num_classes:
             out[f"head.{p}"] = sd[f"head.{p}"]
-    for i, blk in enumerate(m.blocks):
+    for i in range(len(m.blocks)):
         s = t = f"blocks.{i}."
         if fused:
             out[t + "attn.q.weight"], out[t + "attn.k.weight"], out[t + "attn.v.weight"] = \

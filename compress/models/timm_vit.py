@@ -48,7 +48,6 @@ def from_module(m: nn.Module, name: str = "timm", randomly_initialized: bool = F
     act_name = ("quick_gelu" if isinstance(act, QuickGELU) or type(act).__name__ == "QuickGELU"
                 else "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu")
     D, H = m.embed_dim, blk0.attn.num_heads
-    hd = D // H
     pc = m.pretrained_cfg or {}
     fc_norm = not isinstance(m.fc_norm, nn.Identity)
     num_classes = m.num_classes

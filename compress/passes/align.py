@@ -30,7 +30,6 @@ from ..models.heads import OutputMap
 from ..models.pooling import pooled
 from ..models.vit import VisionTransformer
 from ..pipeline.base import Pass, PassConfig, register_pass
-from ..report import register_section
 
 
 class AlignConfig(PassConfig):
@@ -57,12 +56,25 @@ def _rows(y: torch.Tensor, t: torch.Tensor, num_prefix: int, tokens: bool):
     return out + [(y, t, w[:, None].expand(n, y.shape[1]))] if tokens else out
 
 
+def align_section(rec: dict, _run_dir) -> str:
+    lines = [f"- a {rec['dim']} x {rec['dim']} linear map after the final norm, fitted ({rec['config']['rows']} rows) "
+             f"on {rec['images']} {rec['split']} images (teacher: the fp32 model; no labels; "
+             f"{rec['excluded_recovery_images']} images recovery distilled on left out)"]
+    for what, key in (("pooled features' relative error", "pooled_loss"), ("distillation loss", "loss")):
+        b, a = rec.get(f"{key}_before"), rec.get(f"{key}_after")
+        if b is not None and a is not None:
+            n = rec["holdout_images"]
+            lines.append(f"- {what} on {n} images the fit did not see: {b:.4f} -> {a:.4f} ({a / max(b, 1e-12) - 1:+.1%})")
+    return "\n".join(lines + [f"- {rec['cpu_seconds'] / 60:.1f} CPU min ({rec['seconds'] / 60:.1f} wall)"])
+
+
 @register_pass
 class AlignPass(Pass):
     name = "align"
     Config = AlignConfig
     summary = "least-squares linear map after the final norm, matching the fp32 teacher's features"
     forbid_after = {"quantize": "align adds a float linear layer"}
+    report_section = staticmethod(align_section)
 
     def run(self, state, ctx):
         c, model, teacher = self.config, state.model, ctx.reference.model.eval()
@@ -160,16 +172,3 @@ class _identity:
             with torch.no_grad():
                 self.layer.weight.copy_(self.saved[0])
                 self.layer.bias.copy_(self.saved[1])
-
-
-@register_section("align")
-def section(rec: dict, _run_dir) -> str:
-    lines = [f"- a {rec['dim']} x {rec['dim']} linear map after the final norm, fitted ({rec['config']['rows']} rows) "
-             f"on {rec['images']} {rec['split']} images (teacher: the fp32 model; no labels; "
-             f"{rec['excluded_recovery_images']} images recovery distilled on left out)"]
-    for what, key in (("pooled features' relative error", "pooled_loss"), ("distillation loss", "loss")):
-        b, a = rec.get(f"{key}_before"), rec.get(f"{key}_after")
-        if b is not None and a is not None:
-            n = rec["holdout_images"]
-            lines.append(f"- {what} on {n} images the fit did not see: {b:.4f} -> {a:.4f} ({a / max(b, 1e-12) - 1:+.1%})")
-    return "\n".join(lines + [f"- {rec['cpu_seconds'] / 60:.1f} CPU min ({rec['seconds'] / 60:.1f} wall)"])

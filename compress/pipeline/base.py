@@ -1,20 +1,25 @@
 """A pass is a small class with a typed config, registered by name (as ModelOpt/Olive passes).
 
-The class is the pass's descriptor (as ModelOpt's ``ModeDescriptor``): its ``Config`` (with a ``VERSION``
-checked when a stored config is read back, as torchao's ``AOBaseConfig``), ``run``, ``rebuild`` and its
-ordering rules, declared as data and checked when a recipe is bound (``compress.pipeline.plan``):
+The class is the pass's one descriptor (as ModelOpt's ``ModeDescriptor``): its ``Config`` (with a ``VERSION``
+checked when a stored config is read back, as torchao's ``AOBaseConfig``), ``run``, ``rebuild``, the artifacts
+it adds at export, its report section, and its ordering rules, declared as data and checked when a recipe is
+bound (``compress.pipeline.plan``):
 
+- ``exporter``: fn(ExportRequest) -> [Artifact], called by the export stage when the state's history holds
+  this pass (e.g. quantize's Q/DQ INT8 and INT4 graphs); None: the float ONNX graph is the model's artifact;
+- ``report_section``: fn(record, run_dir) -> markdown for report.md (may write plots); None: a default list;
 - ``must_follow``: pass types that must have run earlier in the recipe;
 - ``forbid_after``: pass type -> why this pass cannot run after it.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch.nn as nn
 
 from ..recipes.schema import Strict
+from ..registry import PASSES, Registry
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -34,6 +39,8 @@ class Pass:
     summary: ClassVar[str] = ""
     must_follow: ClassVar[tuple[str, ...]] = ()
     forbid_after: ClassVar[dict[str, str]] = {}
+    exporter: ClassVar[Callable[..., list] | None] = None  # set with staticmethod(fn)
+    report_section: ClassVar[Callable[[dict, Path], str] | None] = None  # set with staticmethod(fn)
 
     def __init__(self, config: PassConfig):
         self.config = config
@@ -47,25 +54,11 @@ class Pass:
         """Re-apply this pass's module-structure changes (from its ``record``) before weights load."""
 
 
-PASSES: dict[str, type[Pass]] = {}
-_BUILTIN_MODULES = ("compress.passes",)
-
-
-def same_definition(a, b) -> bool:
-    """Whether two registered objects are one definition (the same object, or its module reloaded)."""
-    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-
-
 def register_pass(cls: type[Pass]) -> type[Pass]:
-    old = PASSES.get(cls.name)
-    if old is not None and not same_definition(old, cls):
-        raise ValueError(f"pass {cls.name!r} is registered twice ({old.__module__}.{old.__qualname__} and "
-                         f"{cls.__module__}.{cls.__qualname__})")
-    PASSES[cls.name] = cls
-    return cls
+    """Class decorator: the descriptor under ``cls.name``; a second, different pass of that name is an error."""
+    return PASSES.register(cls.name, cls)
 
 
-def available_passes() -> dict[str, type[Pass]]:
-    for m in _BUILTIN_MODULES:
-        importlib.import_module(m)
-    return PASSES
+def available_passes() -> Registry:
+    """Every registered pass, the built-in ones (``compress.passes``) imported on first use."""
+    return PASSES.loaded()

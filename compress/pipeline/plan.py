@@ -67,9 +67,9 @@ def check_order(passes: list[tuple[str, Pass]], origins: dict) -> None:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, model: str | None = None,
-                data: str | None = None) -> LoadedRecipe:
+                data: str | None = None, weights: str | None = None) -> LoadedRecipe:
     """Read and validate a recipe (``compress.recipes.read_recipe``), then bind its passes."""
-    d = read_recipe(path, overrides, model, data)
+    d = read_recipe(path, overrides, model, data, weights)
     passes = bind_passes(d.recipe, d.origins)
     check_targets(d.recipe, d.origins)
     return LoadedRecipe(d.recipe, passes, d.raw, d.origins, d.path)

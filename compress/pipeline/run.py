@@ -33,11 +33,12 @@ from .. import ui
 from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
 from ..evaluation.leakage import pack_draws
-from .plan import LoadedRecipe
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
 from ..utils.resources import measure
-from .context import RunContext
 from .checkpoint import load_any, load_checkpoint
+from .context import RunContext
+from .export_stage import export_stage, target_profiles
+from .plan import LoadedRecipe
 from .state import ModelState
 
 RUN_FILE = "run.json"
@@ -193,7 +194,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
     _prepare_dir(out, start, dict(zip(folders, chains)), opts)
     write_json(out / RUN_FILE, {"start": start})
     write_text(out / "recipe.yaml", yaml.safe_dump(lr.raw, sort_keys=False))
-    targets = _targets(recipe)
+    targets = target_profiles(recipe)
     ctx = RunContext(recipe, out, reference, targets)
     state, chain, resumed = reference.clone(), start, 0
     for i, ((name, p), chain, folder) in enumerate(zip(lr.passes, chains, folders)):
@@ -223,7 +224,7 @@ def _run(lr: LoadedRecipe, opts: RunOptions, out: Path) -> dict:
         ui.info(f"resumed: {resumed} finished pass(es) reused")
     # each stage's key covers the recipe sections it reads: a changed export or evaluation setting redoes it
     export_key = sha256_json([chain, recipe.model_dump(include={"export", "targets", "targets_check"})])
-    export = _stage(out / "export.json", export_key, lambda: _export(state, ctx), timings, "export", verify_files=out,
+    export = _stage(out / "export.json", export_key, lambda: export_stage(state, ctx), timings, "export", verify_files=out,
                     resources=resources)
     evaluation = None
     if recipe.evaluation.enabled:
@@ -273,26 +274,6 @@ def _stage(path: Path, chain: str, fn, timings: dict, name: str, verify_files: P
 def _files_intact(root: Path, done: dict) -> bool:
     return all((root / a["path"]).exists() and (a.get("sha256") is None or sha256_file(root / a["path"]) == a["sha256"])
                for a in done.get("artifacts", []) if not Path(root / a["path"]).is_dir())
-
-
-def _targets(recipe) -> list[dict]:
-    from ..targets import load_profile
-
-    return [load_profile(t) for t in recipe.targets]
-
-
-def _export(state: ModelState, ctx: RunContext) -> dict:
-    from ..export import exporters
-    from ..evaluation.evaluate import Evaluator
-
-    ui.info("export: writing and verifying artifacts")
-    imgs = Evaluator(ctx.reference.model, ctx.recipe.data, ctx.recipe.evaluation).fidelity_images()
-    imgs = imgs[: ctx.recipe.export.verify.images]
-    artifacts = exporters.export_all(state, ctx, imgs)
-    for a in artifacts:
-        p = ctx.run_dir / a.path
-        a.sha256 = sha256_file(p) if p.is_file() else None
-    return {"artifacts": [a.to_dict() for a in artifacts]}
 
 
 def _evaluate(reference: ModelState, state: ModelState, ctx: RunContext, export: dict) -> dict:

@@ -11,7 +11,7 @@ from ..errors import UserError
 
 
 def load(target: str, lut: str | None, roofline: bool = False):
-    from ..targets.latency import load_latency_model, roofline_model
+    from ..targets.latency_models import load_latency_model, roofline_model
 
     try:
         return roofline_model(target) if roofline else load_latency_model(target, lut)

@@ -151,8 +151,9 @@ def _format(err: ValidationError, model_cls: type[BaseModel], origins: dict, pre
 
 
 def read_recipe(path: str | Path | None, overrides: list[str] | None = None, model: str | None = None,
-                data: str | None = None) -> RecipeData:
-    """Read, compose, override and validate a recipe as data (no pass is imported or instantiated)."""
+                data: str | None = None, weights: str | None = None) -> RecipeData:
+    """Read, compose, override (``--set``, then ``--model``, ``--weights``, ``--data``) and validate a recipe as data
+    (no pass is imported or instantiated)."""
     if path is not None:
         path = resolve_recipe(path)
         raw, origins = _read(path)
@@ -164,6 +165,9 @@ def read_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
     if model:
         raw["model"] = model
         origins[("model",)] = Origin("--model", None)
+    if weights:
+        raw["weights"] = weights
+        origins[("weights",)] = Origin("--weights", None)
     if data:
         raw.setdefault("data", {})
         if not isinstance(raw["data"], dict):
@@ -178,15 +182,15 @@ def read_recipe(path: str | Path | None, overrides: list[str] | None = None, mod
 
 
 def check_targets(recipe: Recipe, origins: dict) -> None:
-    """Every target a recipe names is a known device profile and its exporters are known."""
+    """Every target a recipe names is a known device profile and its exporters are known: the built-in names the
+    lower targets layer declares, and any registered since (no exporter is imported here)."""
     if not recipe.targets:
         return
-    from ..targets import list_profiles
-
-    from ..export.artifacts import EXPORTERS
+    from ..registry import TARGET_EXPORTERS
+    from ..targets import BUILTIN_EXPORTERS, list_profiles
 
     known = list_profiles()
-    exporters = sorted(k.split(":", 1)[1] for k in EXPORTERS if k.startswith("target:"))
+    exporters = sorted(set(BUILTIN_EXPORTERS) | set(TARGET_EXPORTERS))
     for i, t in enumerate(recipe.targets):
         for j, e in enumerate([] if isinstance(t, str) else t.exporters or []):
             if e not in exporters:

@@ -1,26 +1,11 @@
-"""report.json, report.md and PNG plots for a run. Passes add sections through ``register_section``."""
+"""report.json, report.md and PNG plots for a run. A pass's section comes from its descriptor's ``report_section``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
+from ..registry import PASSES
 from ..utils.io import write_json, write_text
 from . import plots
-
-# pass type -> fn(record, run_dir) -> markdown (may write plots into run_dir/plots)
-SECTIONS: dict[str, Callable[[dict, Path], str]] = {}
-
-
-def register_section(pass_type: str):
-    def deco(fn):
-        old = SECTIONS.get(pass_type)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"report section {pass_type!r} is registered twice ({old.__module__}.{old.__qualname__} "
-                             f"and {fn.__module__}.{fn.__qualname__})")
-        SECTIONS[pass_type] = fn
-        return fn
-
-    return deco
 
 
 def _f(v, fmt="{:.2f}", none="–"):
@@ -160,9 +145,10 @@ def write_report(run_dir: Path, summary: dict) -> None:
             plots.latency_accuracy(run_dir, ev["rows"])
             md += ["![latency and accuracy](plots/latency_accuracy.png)", ""]
     md += ["## Passes", ""]
+    passes = PASSES.loaded() if summary["passes"] else {}
     for rec in summary["passes"] or []:
         md.append(f"### {rec['name']} ({rec['type']})")
-        fn = SECTIONS.get(rec["type"]) or _default_section
+        fn = getattr(passes.get(rec["type"]), "report_section", None) or _default_section
         md += [fn(rec, run_dir), ""]
         if rec.get("resources"):
             u = rec["resources"]

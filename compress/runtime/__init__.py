@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..registry import Registry
 
 
 def _ort_errors() -> tuple[type, ...]:
@@ -69,13 +70,10 @@ class OrtRunner:
         return torch.from_numpy(self.session.run(None, {self.input: x.astype(np.float32)})[0])
 
 
-# runtime name -> factory(path, threads) -> runner; targets register executorch, openvino, ...
-RUNNERS = {"onnxruntime": OrtRunner}
+# runtime name -> factory(path, threads) -> runner; the upper targets layer registers executorch, openvino, ...
+RUNNERS = Registry("runtime", {"onnxruntime": OrtRunner})
 
 
 def register_runner(runtime: str):
-    def deco(factory):
-        RUNNERS[runtime] = factory
-        return factory
-
-    return deco
+    """Decorator: ``factory(path, threads)`` runs artifacts of ``runtime``; a second, different one is an error."""
+    return RUNNERS.add(runtime)

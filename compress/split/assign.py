@@ -64,7 +64,7 @@ def make_device(name: str, target: str, memory_gb: float | None = None) -> Devic
 
 def model_bytes(cfg, params: int, precision: str = "fp32") -> float:
     """Weights at ``precision`` plus the largest live activations of one block at batch 1 (fp32), an estimate."""
-    from ..targets.latency import PRECISION_BYTES, canonical_precision
+    from ..targets.latency_models import PRECISION_BYTES, canonical_precision
 
     wb = PRECISION_BYTES[canonical_precision(precision)][0]
     T, D = cfg.num_tokens, cfg.embed_dim
@@ -74,7 +74,7 @@ def model_bytes(cfg, params: int, precision: str = "fp32") -> float:
 
 def part_costs(cfgs: list, params: list[int], devices: list[Device], precision: str = "fp32"):
     """(lat[i][d] ms, mem[i][d] bytes, latency source per device) of each part (ViTConfig) on each device."""
-    from ..targets.latency import load_latency_model
+    from ..targets.latency_models import load_latency_model
 
     models = {d.target: load_latency_model(d.target) for d in devices}
     lat = [[models[d.target].model_ms(c, precision) for d in devices] for c in cfgs]

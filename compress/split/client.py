@@ -218,7 +218,7 @@ class SplitClient:
             raise UserError(f"{n} images in one call", f"send 1..{m.runtime.max_batch} per call")
         got, errors = self._scatter("infer", x)
         outs = {}
-        for i, (header, arr) in got.items():
+        for i, (_header, arr) in got.items():
             d = m.part(i).output_dim
             if arr is None or arr.shape != (n, d) or not np.isfinite(arr).all():
                 errors[i] = f"reply of shape {None if arr is None else list(arr.shape)} (want [{n}, {d}]) or not finite"

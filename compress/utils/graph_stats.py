@@ -86,8 +86,7 @@ def _matmul_flops(n, shapes) -> int | None:
         if not a or None in a:
             return None
         return 2 * int(np.prod(a[:-1])) * attrs["K"] * attrs["N"]
-    ia, ib = (0, 3) if n.op_type == "QLinearMatMul" else (0, 1)
-    a, b, y = shapes.get(n.input[ia]), shapes.get(n.input[ib]), shapes.get(n.output[0])
+    a, y = shapes.get(n.input[0]), shapes.get(n.output[0])  # the left operand: input 0 (QLinearMatMul too)
     if not a or not y or None in a or None in y:
         return None
     k = a[-1] if n.op_type != "Gemm" or not _attr(n, "transA") else a[-2]

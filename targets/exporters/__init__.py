@@ -1,6 +1,8 @@
 """Target exporters: what each device runs, built from what the model state already has.
 
-Registered as ``target:<exporter>`` (profiles list theirs under ``exporters``). They receive the
+Registered by name with ``register_target_exporter`` (profiles list theirs under ``exporters``) when
+``compress.targets.deploy`` imports them; ``check`` (targets_check) and ``runners`` (ExecuTorch and OpenVINO
+runtimes) live beside them. They receive the
 ``ExportRequest`` with the target profile in ``req.target`` and the artifacts so far in
 ``req.artifacts`` (the float graph, and the quantization pass's Q/DQ INT8 / INT4 graphs when present),
 convert what the device can run, verify every file in its runtime, and record the precision it
@@ -14,7 +16,7 @@ from pathlib import Path
 from ... import ui
 from ...export.artifacts import Artifact, ExportRequest
 from .. import resolve_precision
-from ..latency import canonical_precision
+from ..latency_models import canonical_precision
 
 _LABEL = re.compile(r"^w(\d+(?:\.\d+)?)(?:\([^)]*\))?(?:a(\d+))?")
 
@@ -90,6 +92,3 @@ def nearest(req: ExportRequest, wanted: str, runtime_precisions: list[str]) -> t
 def verify_limits(req: ExportRequest) -> tuple[float, float]:
     v = req.recipe.export.verify
     return v.max_abs, v.min_cosine
-
-
-from . import executorch, onnxruntime, openvino  # noqa: E402,F401  register the exporters

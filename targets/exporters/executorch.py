@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from ... import ui
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest, register_target_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, compare, verify
 from ...models.vit import MatMul
 from ...models.float_view import float_view
 from ...runtime import TorchRunner
 from ...utils.io import atomic_path
-from ..runners import ExecuTorchRunner, quiet_imports
+from .runners import ExecuTorchRunner, quiet_imports
 from . import nearest, rel, target_dir, verify_limits, wanted_precisions
 
 RUNS = ["fp32", "int8"]
@@ -113,7 +113,8 @@ def calibration_images(req: ExportRequest, count: int | None = None) -> list[tor
     return [torch.stack(imgs[i:i + bs]) for i in range(0, len(imgs), bs)]
 
 
-def export_pte(model: nn.Module, dest: Path, precision: str, calibration: list[torch.Tensor] | None = None) -> tuple[Path, nn.Module]:
+def export_pte(model: nn.Module, dest: Path, precision: str,
+               calibration: list[torch.Tensor] | None = None) -> tuple[Path, nn.Module]:
     """Lower ``model`` (fp32, eval) to ``dest``; returns the file and the PyTorch module it came from."""
     cfg = model.cfg
     example = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
@@ -124,7 +125,7 @@ def export_pte(model: nn.Module, dest: Path, precision: str, calibration: list[t
     return dest, view
 
 
-@register_exporter("target:executorch")
+@register_target_exporter("executorch")
 def export_executorch(req: ExportRequest) -> list[Artifact]:
     prof, out_dir = req.target, target_dir(req)
     max_abs, min_cos = verify_limits(req)
@@ -154,7 +155,7 @@ def export_executorch(req: ExportRequest) -> list[Artifact]:
                 f"{prof['name']}:executorch-{p}", rel(req, dest), "pte", "executorch", "w8a8" if p == "int8" else p,
                 target=prof["name"], verification=v.to_dict(), evaluate=p != "fp32" or len(precisions) == 1,
                 notes=["XNNPACK delegate, batch 1 program"] + extra + notes))
-    from ..check import run_check
+    from .check import run_check
 
     run_check(req, "executorch", None, artifacts)
     return artifacts

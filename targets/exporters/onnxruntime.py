@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ... import ui
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest, register_target_exporter
 from ...export.verify import verify
 from ...runtime import OrtRunner
 from ...utils.io import atomic_path
@@ -39,7 +39,7 @@ def save_ort(src: Path, dest: Path, arm: bool) -> Path:
     return dest
 
 
-@register_exporter("target:onnxruntime")
+@register_target_exporter("onnxruntime")
 def export_onnxruntime(req: ExportRequest) -> list[Artifact]:
     prof, out_dir = req.target, target_dir(req)
     arm = is_arm(prof)
@@ -65,7 +65,7 @@ def export_onnxruntime(req: ExportRequest) -> list[Artifact]:
             target=prof["name"], verification=v.to_dict(), evaluate=False,
             notes=[f"ONNX Runtime Mobile format of {a.path} ({'arm' if arm else 'amd64'} optimisations); "
                    "accuracy equals that graph's"] + notes))
-    from ..check import run_check
+    from .check import run_check
 
     # the state's .onnx graphs themselves are what a CPU target runs: they carry the check
     run_check(req, "onnxruntime", baseline_onnx(req), [a for a, _ in graphs if a.evaluate])

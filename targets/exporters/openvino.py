@@ -14,11 +14,11 @@ from pathlib import Path
 
 from ... import ui
 from ...errors import UserError
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest, register_target_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, verify
 from ...models.float_view import float_view
 from ...runtime import OrtRunner, TorchRunner
-from ..runners import OV_PRECISION_KEY, OpenVINORunner
+from .runners import OV_PRECISION_KEY, OpenVINORunner
 from . import art_precision, baseline_onnx, nearest, onnx_graphs, rel, target_dir, verify_limits, wanted_precisions
 
 RUNS = ["fp32", "bf16", "int8"]
@@ -78,7 +78,7 @@ def _size_note(xml: Path) -> str:
     return f"IR {xml.name} + {xml.with_suffix('.bin').name}"
 
 
-@register_exporter("target:openvino")
+@register_target_exporter("openvino")
 def export_openvino(req: ExportRequest) -> list[Artifact]:
     prof, out_dir = req.target, target_dir(req)
     max_abs, min_cos = verify_limits(req)
@@ -135,7 +135,7 @@ def export_openvino(req: ExportRequest) -> list[Artifact]:
                                          f"quantized GEMMs in int8, float layers in {run.precision}"]
                                   + ([why] if why else [])))
     base = _baseline_ir(req, out_dir)
-    from ..check import run_check
+    from .check import run_check
 
     run_check(req, "openvino", base, [x for x in artifacts if x.precision != "fp32" or float_is_model])
     return artifacts

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ...errors import UserError
-from ..check import speedup_verdict
+from ..exporters.check import speedup_verdict
 from . import device_runner
 from .device_runner import (parse_etdump, parse_ort_profile, parse_tegrastats, parse_trtexec_profile,  # noqa: F401
                             parse_trtexec_summary)

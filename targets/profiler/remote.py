@@ -70,7 +70,8 @@ def _run(cmd: list[str], what: str, host: str) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     except FileNotFoundError:
-        raise UserError(f"{cmd[0]} is not installed here", "install the OpenSSH client (apt-get install openssh-client)") from None
+        raise UserError(f"{cmd[0]} is not installed here",
+                        "install the OpenSSH client (apt-get install openssh-client)") from None
     except subprocess.TimeoutExpired:
         raise UserError(f"{what} on {host} took over {TIMEOUT_S} s", "try fewer --runs or batch sizes") from None
     if proc.returncode != 0:

@@ -1,2 +1,1 @@
 """TensorRT for Jetson and NVIDIA GPUs: build kits made here, engines built and profiled on the device."""
-from . import kit  # noqa: F401  registers target:tensorrt

@@ -14,7 +14,7 @@ import onnx
 
 from ... import ui
 from ...errors import VerificationError
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest, register_target_exporter
 from ...export.verify import LOSSY_MAX_REL, LOSSY_MIN_AGREEMENT, verify
 from ...models.float_view import float_view
 from ...runtime import OrtRunner, TorchRunner
@@ -113,7 +113,7 @@ def make_kit(req: ExportRequest, name: str, src: Path, precision: str, reference
                            f"Q/DQ rules: {rules['errors']} errors, {rules['warnings']} warnings"] + notes)
 
 
-@register_exporter("target:tensorrt")
+@register_target_exporter("tensorrt")
 def export_tensorrt(req: ExportRequest) -> list[Artifact]:
     prof = req.target
     graphs = {art_precision(a): (a, g) for a, g in reversed(onnx_graphs(req, "tensorrt"))}
@@ -142,7 +142,7 @@ def export_tensorrt(req: ExportRequest) -> list[Artifact]:
             a = make_kit(req, f"{Path(art.path).stem}", src, got, OrtRunner(src), art.path, notes)
         if a is not None:
             artifacts.append(a)
-    from ..check import check_config
+    from ..exporters.check import check_config
 
     if check_config(req) and req.reference is not None and baseline_onnx(req) is not None:
         base = baseline_onnx(req)
@@ -152,7 +152,7 @@ def export_tensorrt(req: ExportRequest) -> list[Artifact]:
         if b is not None:
             b.name = f"{prof['name']}:baseline-{fp}"
             artifacts.append(b)
-            from ..check import run_check
+            from ..exporters.check import run_check
 
             run_check(req, "tensorrt", None, [a for a in artifacts if a is not b])
     return artifacts

@@ -8,6 +8,5 @@ The structural-pruning core lives below the passes in ``compress.pruning`` (``ga
 (ED-ViT split, TinyCLIP inheritance). Here: ``pruner`` (the pass; distillation recovery from
 ``compress.distill``), ``reconstruct`` and ``report`` (its report section). See docs/pruning.md.
 """
-from . import report  # noqa: F401  registers the report section
 from .pruner import PruneConfig, PrunePass  # noqa: F401
 from ...pruning.remove import Plan, apply_plan  # noqa: F401

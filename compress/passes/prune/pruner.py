@@ -23,10 +23,11 @@ from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, PassConfig, register_pass
 from ...recipes.schema import Strict
 from ...pruning import compensate, remove, saliency
-from .reconstruct import reconstruct
+from .refit import reconstruct
 from ...distill import Distiller, TeacherTargets, distill, teacher_outputs
 from ...pruning.budget import OrtTimer, Predictor, best_ms, load
 from ...pruning.select import STRUCTURES, Limits, Selector
+from .report import section as prune_section
 
 Structure = Literal["heads", "qk", "v", "mlp", "embed"]
 
@@ -115,6 +116,7 @@ class PrunePass(Pass):
     Config = PruneConfig
     summary = "NViT global structural pruning (heads, QK/V dims, MLP, embedding) to a measured latency target"
     forbid_after = {"align": "align fits its map to the pruned model"}
+    report_section = staticmethod(prune_section)
 
     def run(self, state, ctx):
         c, model, teacher = self.config, state.model, ctx.reference.model.eval()

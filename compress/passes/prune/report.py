@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...report import plots, register_section
+from ...report import plots
 
 KINDS = (("heads", "heads", lambda b: b[0]), ("QK width (heads x dim)", "qk", lambda b: b[0] * b[1]),
          ("V width (heads x dim)", "v", lambda b: b[0] * b[2]), ("MLP width", "mlp", lambda b: b[3]))
@@ -32,7 +32,6 @@ def _ms(v) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
-@register_section("prune")
 def section(rec: dict, run_dir: Path) -> str:
     o, p = rec["original"], rec["pruned"]
     md = [f"- criterion **{rec['criterion']}**, latency model {rec['target']} ({rec['latency_source']}), "

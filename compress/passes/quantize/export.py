@@ -10,14 +10,14 @@ import onnx
 import torch
 
 from ... import ui
-from ...export.artifacts import Artifact, ExportRequest, register_exporter, staged
+from ...export.artifacts import Artifact, ExportRequest, staged
 from ...export.verify import check_onnx, verify
 from ...runtime import OrtRunner, TorchRunner
 from .config import QuantizeConfig
 from .export_nbits import build_nbits
 from .export_qdq import build_qdq
 from .modules import QuantConv2d, QuantLinear, QuantMatMul, quantized_modules
-from .quantize_pass import precision_summary
+from .precision import precision_summary
 from .quantizers import LogQuantizer, UniformQuantizer
 
 FILES = {"qdq": "model-qdq.onnx", "tensorrt": "model-tensorrt-qdq.onnx", "matmulnbits": "model-matmulnbits.onnx"}
@@ -135,7 +135,6 @@ def _describe(fmt: str, model, cfg: QuantizeConfig) -> str:
     return f"{what}: {n_lin} weighted ops" + (f", {n_att} attention matmuls" if n_att else "") + " quantized"
 
 
-@register_exporter("quantize")
 def export_quantized(req: ExportRequest) -> list[Artifact]:
     rec = req.state.record("quantize")
     cfg = QuantizeConfig(**rec["config"])

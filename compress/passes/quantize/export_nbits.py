@@ -15,7 +15,7 @@ from onnx import helper
 
 from .export_qdq import QdqBuilder, weight_codes
 from .modules import QuantLinear, quantized_modules
-from .onnx_graph import node_name, set_opset
+from ...utils.onnx_graph import node_name, set_opset
 
 CONTAINERS = (2, 4, 8)
 

@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from .modules import QuantConv2d, QuantLinear, QuantMatMul, quantized_modules
-from .onnx_graph import GraphEditor, node_name, set_opset
+from ...utils.onnx_graph import GraphEditor, node_name, set_opset
 from .quantizers import LogQuantizer, UniformQuantizer
 
 LN2 = math.log(2.0)

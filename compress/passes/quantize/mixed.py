@@ -53,7 +53,8 @@ def candidate_errors(model, hessians: dict[str, torch.Tensor], candidates: list[
         w = model.get_submodule(name).weight.detach()
         errors[name] = {}
         for b in candidates:
-            gran = cfg.weights.granularity if (cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0) else "channel"
+            grouped = cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0
+            gran = cfg.weights.granularity if grouped else "channel"
             shape, group = weight_shape(w, gran, cfg.weights.group_size)
             q = UniformQuantizer(b, True, shape, group)
             fit_weight(q, w, cfg.weights.calibration)
@@ -70,7 +71,7 @@ def storage_bits(bits: int) -> int:
 def latency_costs(model, names: list[str], candidates: list[int], target: str, act_bits: int | None) -> dict:
     """Roofline ms of each linear at each width on ``target`` (batch 1): weight bytes of the storage
     container, INT8 GEMMs when activations are quantized, else weight-only dequantization to float."""
-    from ...targets.latency import Op, roofline_model
+    from ...targets.latency_models import Op, roofline_model
 
     lm = roofline_model(target)
     tokens = model.cfg.num_tokens

@@ -181,7 +181,7 @@ def build_plan(model, cfg: QuantizeConfig, bits: dict[str, int]) -> dict[str, di
         return _uniform(b, True, shape, group)
 
     centred = cfg.reparam.post_layernorm
-    for i, blk in enumerate(model.blocks):
+    for i in range(len(model.blocks)):
         p = f"blocks.{i}"
         act = {"attn.q": centred, "attn.k": centred, "attn.v": centred, "attn.proj": True, "mlp.fc1": centred}
         gelu = cfg.gelu if cfg.gelu != "auto" else ("uniform" if (a or 16) >= 8 else "sulq")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...report import plots, register_section
+from ...report import plots
 
 
 def bits_plot(run_dir: Path, bits: dict[str, int], relevance: dict[str, float] | None,
@@ -27,7 +27,6 @@ def bits_plot(run_dir: Path, bits: dict[str, int], relevance: dict[str, float] |
     return plots.save(fig, run_dir, "quant_bits.png")
 
 
-@register_section("quantize")
 def quantize_section(rec: dict, run_dir: Path) -> str:
     cfg, p = rec.get("config", {}), rec.get("precision", {})
     w, a = cfg.get("weights", {}), cfg.get("activations", {})

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from ...errors import UserError
-from ...export.artifacts import Artifact, ExportRequest, register_exporter
+from ...export.artifacts import Artifact, ExportRequest
 
 
-@register_exporter("split")
 def export_split(req: ExportRequest) -> list[Artifact]:
     from ...split import manifest as mf
     from ...utils.io import sha256_file

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...report import register_section
 
-
-@register_section("split")
 def section(rec: dict, run_dir: Path) -> str:
     o = rec["original"]
     sim = rec.get("within_similarity")

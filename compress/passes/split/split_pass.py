@@ -42,6 +42,8 @@ from ...split.saliency import ClassRestricted, class_batches, class_saliency
 from ...split.submodel import PartModel, fit_probe, params, rows
 from ...utils.io import sha256_file, sha256_json
 from .config import SplitConfig
+from .export import export_split
+from .report import section as split_section
 
 BUNDLE = "artifacts/split"
 
@@ -97,6 +99,8 @@ class SplitPass(Pass):
     Config = SplitConfig
     summary = "ED-ViT: class-wise sub-models pruned per part, fused by an MLP, deployed as a bundle"
     forbid_after = {"split": "one split per recipe (it writes one deployment bundle)"}
+    exporter = staticmethod(export_split)
+    report_section = staticmethod(split_section)
 
     def run(self, state, ctx):
         c = self.config
@@ -308,7 +312,8 @@ class SplitPass(Pass):
         ui.info(f"    bundle {path.relative_to(ctx.run_dir)}: {len(parts)} parts verified in ONNX Runtime "
                 f"(max|diff| {max(x['max_abs'] for x in checks):.2g}, limit {d.verify_max_abs:g})")
         return {"bundle": str(path.relative_to(ctx.run_dir)), "build_id": build,
-                "manifest_sha256": sha256_file(path), "verification": checks, "fusion_verification": v.to_dict(), "ensemble_verification": ens}
+                "manifest_sha256": sha256_file(path), "verification": checks, "fusion_verification": v.to_dict(),
+                "ensemble_verification": ens}
 
     def _measure(self, model0, folder, K: int, size: int) -> dict:
         """Each part's ONNX against the unsplit model's, ONNX Runtime, batch 1, 1 thread, best-of process CPU

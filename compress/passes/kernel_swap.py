@@ -25,7 +25,6 @@ from ..kernels.reference import ACT_FNS, gelu_f32
 from ..models.vit import QuickGELU, Softmax
 from ..pipeline.base import Pass, PassConfig, register_pass
 from ..recipes.schema import Strict
-from ..report import register_section
 from ..utils.hooks import forward_with_hooks
 
 SoftmaxChoice = Literal["keep", "exact", "online", "online-poly1", "online-poly2", "online-poly3", "triton", "cuda",
@@ -147,11 +146,33 @@ def apply(model: nn.Module, cfg: KernelsConfig, exponents: dict[str, int] | None
     return out
 
 
+def kernels_section(rec: dict, run_dir) -> str:
+    lines = [f"- softmax: {rec['softmax']} ({rec['softmax_backend']} backend), "
+             f"gelu: {rec['gelu']} ({rec['gelu_backend']} backend) on a {rec['act']} model; "
+             f"{len(rec['swapped'])} modules swapped. On CPU every kernel computes its PyTorch reference; the "
+             "exported graphs hold the same math in plain ONNX ops."]
+    if "int" in rec:
+        ks = sorted(set(rec["int"]["exponents"].values()))
+        lines.append(f"- integer kernels on int16 codes, input scales 2^-k with k in {ks} (calibrated), softmax codes "
+                     f"of scale 2^-{OUT_BITS}, GELU codes of the input's scale; the exported graph holds the same "
+                     "integer ops")
+    if "lut" in rec:
+        t = rec["lut"]
+        lines.append(f"- ReLU-minus-table: {t['entries']} intervals on [0, {t['x_max']}], "
+                     f"max |error| vs {t['act']}: {t['max_abs_error']:.2e}")
+    if "check" in rec:
+        c = rec["check"]
+        lines.append(f"- effect on {c['images']} calibration images: token cosine {c['token_cosine']:.6f} to the "
+                     f"model before the swap, max |diff| {c['max_abs']:.3g}")
+    return "\n".join(lines)
+
+
 @register_pass
 class KernelsPass(Pass):
     name = "kernels"
     Config = KernelsConfig
     summary = "swap attention softmax / MLP GELU for Triton or CUDA kernels and low-cost approximations"
+    report_section = staticmethod(kernels_section)
 
     def run(self, state, ctx):
         from ..models.pooling import token_cosine
@@ -177,24 +198,3 @@ class KernelsPass(Pass):
     @classmethod
     def rebuild(cls, model, record):
         apply(model, KernelsConfig(**record["config"]), record.get("int", {}).get("exponents"))
-
-
-@register_section("kernels")
-def _section(rec: dict, run_dir) -> str:
-    lines = [f"- softmax: {rec['softmax']} ({rec['softmax_backend']} backend), "
-             f"gelu: {rec['gelu']} ({rec['gelu_backend']} backend) on a {rec['act']} model; "
-             f"{len(rec['swapped'])} modules swapped. On CPU every kernel computes its PyTorch reference; the "
-             "exported graphs hold the same math in plain ONNX ops."]
-    if "int" in rec:
-        ks = sorted(set(rec["int"]["exponents"].values()))
-        lines.append(f"- integer kernels on int16 codes, input scales 2^-k with k in {ks} (calibrated), softmax codes "
-                     f"of scale 2^-{OUT_BITS}, GELU codes of the input's scale; the exported graph holds the same integer ops")
-    if "lut" in rec:
-        t = rec["lut"]
-        lines.append(f"- ReLU-minus-table: {t['entries']} intervals on [0, {t['x_max']}], "
-                     f"max |error| vs {t['act']}: {t['max_abs_error']:.2e}")
-    if "check" in rec:
-        c = rec["check"]
-        lines.append(f"- effect on {c['images']} calibration images: token cosine {c['token_cosine']:.6f} to the "
-                     f"model before the swap, max |diff| {c['max_abs']:.3g}")
-    return "\n".join(lines)

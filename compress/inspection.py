@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from .models.vit import Softmax
 from .utils.hooks import forward_with_hooks
 
 
@@ -85,7 +84,9 @@ def format_text(info: dict) -> str:
               "block | post-LN1 range [min,max] outlier x | post-LN2 outlier x | softmax <1e-3, max | GELU min, p99.9, max"]
         for a in info["activations"]:
             n1, n2, s, g = a["norm1"], a["norm2"], a["softmax"], a["gelu"]
-            L.append(f"{a['block']:>5} | [{n1['min']:7.1f},{n1['max']:7.1f}] {n1['outlier_ratio']:6.1f}x ({n1['outlier_channels']} ch) | "
-                     f"{n2['outlier_ratio']:6.1f}x ({n2['outlier_channels']} ch) | {s['below_1e-3'] * 100:5.1f}%, {s['max']:.3f} | "
+            L.append(f"{a['block']:>5} | [{n1['min']:7.1f},{n1['max']:7.1f}] {n1['outlier_ratio']:6.1f}x "
+                     f"({n1['outlier_channels']} ch) | "
+                     f"{n2['outlier_ratio']:6.1f}x ({n2['outlier_channels']} ch) | "
+                     f"{s['below_1e-3'] * 100:5.1f}%, {s['max']:.3f} | "
                      f"{g['min']:.3f}, {g['p99_9']:.2f}, {g['max']:.1f}")
     return "\n".join(L)

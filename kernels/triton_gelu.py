@@ -9,9 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import next_pow2
-from ..reference import GELU_IDS, GELU_METHODS, check_method
-from .common import cast_out
+from .layout import next_pow2
+from .reference import GELU_IDS, GELU_METHODS, check_method
+from .triton_common import cast_out
 
 TILE = 2048  # elements per program (the launch sweep of benchmarks/kernels_gpu_bench.py)
 WARPS = 4

@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import mask_view, next_pow2, rows_of
-from .common import cast_out
-from ..reference import LOG2E, POLY, LogCodes, poly_degree
+from .layout import mask_view, next_pow2, rows_of
+from .triton_common import cast_out
+from .reference import LOG2E, POLY, LogCodes, poly_degree
 
 FUSED_MAX = 32768  # widest row kept in registers (32 warps: 32 fp32 values a thread)
 STREAM_BLOCK = 4096  # chunk of the streaming layout

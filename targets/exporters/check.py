@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import ui
-from ..errors import VerificationError
-from ..export.artifacts import Artifact
+from ... import ui
+from ...errors import VerificationError
+from ...export.artifacts import Artifact
 
 
 class TargetCheckError(VerificationError):
@@ -78,7 +78,7 @@ def run_check(req, runtime: str, baseline: Path | None, artifacts: list[Artifact
     if baseline is None:
         raise TargetCheckError(f"targets_check on {target}: no {cfg.get('baseline', 'fp32')} {runtime} baseline to "
                                "compare with")
-    from ..runtime import RUNNERS
+    from ...runtime import RUNNERS
 
     lat = req.recipe.evaluation.latency
     cfg_vit = req.state.cfg

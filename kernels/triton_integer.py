@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import integer as I
-from ..layout import next_pow2, rows_of
+from . import integer as I
+from .layout import next_pow2, rows_of
 
 _L14 = tl.constexpr(I.L14)
 _B1 = tl.constexpr(I.B1)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..runtime import register_runner
+from ...errors import UserError
+from ...runtime import register_runner
 
 OV_PRECISION_KEY = ("vitforge", "inference_precision")  # rt_info entry the OpenVINO exporter writes
 
@@ -100,7 +100,8 @@ class OpenVINORunner:
         core = ov.Core()
         model = core.read_model(str(self.path))
         if precision is None:  # what the exporter recorded, else exact fp32
-            precision = model.get_rt_info(list(OV_PRECISION_KEY)).astype(str) if model.has_rt_info(list(OV_PRECISION_KEY)) else "f32"
+            key = list(OV_PRECISION_KEY)
+            precision = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else "f32"
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                   "ENABLE_CPU_PINNING": False}
         if precision != "default":

@@ -1,4 +1,5 @@
-"""Small ONNX graph-editing helpers for the quantization exporters (no onnx-graphsurgeon dependency)."""
+"""Small ONNX graph-editing helpers (no onnx-graphsurgeon dependency), used by the quantization exporters and the
+integer kernels."""
 from __future__ import annotations
 
 import numpy as np

@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import ui
-from ..errors import UserError
-from ..utils.io import write_json
+from ... import ui
+from ...errors import UserError
+from ...utils.io import write_json
 
 
 def _batches(text: str) -> list[int]:
@@ -64,7 +64,7 @@ def profile(args) -> dict:
     if not args.artifact:
         raise UserError("compress profile needs an ARTIFACT (or --build-lut --target T)",
                         "e.g. compress profile runs/x/artifacts/model.onnx --batch 1,4")
-    from .profiler import profile_artifact, speedup_check
+    from ..profiler import profile_artifact, speedup_check
 
     res = profile_artifact(args.artifact, host=args.host, batches=args.batch, runs=args.runs, warmup=args.warmup,
                            threads=args.threads, ops=not args.no_ops, target=args.target,
@@ -79,7 +79,7 @@ def profile(args) -> dict:
         write_json(args.out, res)
     _print_profile(res)
     if res.get("check") and not res["check"]["passed"]:
-        from ..errors import VerificationError
+        from ...errors import VerificationError
 
         raise VerificationError(res["check"]["message"])
     return res
@@ -111,8 +111,8 @@ def _print_profile(res: dict) -> None:
 
 
 def _build_lut(args) -> dict:
-    from .latency import lut_path
-    from .lut import build_lut, validation_configs
+    from ..latency_models import lut_path
+    from ..lut import build_lut, validation_configs
 
     if not args.target:
         raise UserError("--build-lut needs --target", "e.g. compress profile --build-lut --target x86-avx512")
@@ -132,7 +132,7 @@ def _build_lut(args) -> dict:
 
 
 def build(args) -> dict:
-    from .tensorrt.build import build_from_kit
+    from ..tensorrt.build import build_from_kit
 
     res = build_from_kit(Path(args.kit), args.target, timing_cache=args.timing_cache, dry_run=args.dry_run)
     if not ui.is_quiet():

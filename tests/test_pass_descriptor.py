@@ -123,6 +123,7 @@ def test_the_descriptor_owns_its_exporter_and_report_section(tmp_path, monkeypat
     class Marked(Pass):
         name = "marked-test"
         exporter = staticmethod(marked_export)
+        replaces_float_graph = True  # its artifact stands for the model: the float graph is kept unscored
         report_section = staticmethod(lambda rec, run_dir: f"- marked by the descriptor: {rec['value']}")
 
     monkeypatch.setitem(registry.PASSES, Marked.name, Marked)
@@ -146,3 +147,19 @@ def test_a_stored_config_of_another_version_is_refused(tmp_path, tiny_model, mon
     monkeypatch.setattr(available_passes()["fold"].Config, "VERSION", 2)
     with pytest.raises(UserError, match=r"config version 1, this vitforge reads version 2"):
         load_checkpoint(tmp_path / "a")
+
+
+def test_a_last_pass_refuses_any_later_pass_at_load(tmp_path):
+    """``last`` is descriptor data checked when the recipe is bound, before anything runs."""
+    from compress.errors import UserError
+    from compress.pipeline.plan import load_recipe
+    from compress.registry import PASSES
+
+    split = PASSES.loaded()["split"]
+    assert split.last and not split.replaces_float_graph and PASSES["quantize"].replaces_float_graph
+    r = tmp_path / "r.yaml"
+    r.write_text("name: t\nmodel: timm:test_vit\ndata: {path: cifar10}\npasses:\n  split: {parts: 2}\n  fold: {}\n")
+    with pytest.raises(UserError, match="passes.fold cannot run after passes.split"):
+        load_recipe(r)
+    r.write_text("name: t\nmodel: timm:test_vit\ndata: {path: cifar10}\npasses:\n  fold: {}\n  split: {parts: 2}\n")
+    assert [n for n, _ in load_recipe(r).passes] == ["fold", "split"]

@@ -109,7 +109,7 @@ def test_split_recipe_builds_a_verified_bundle_served_like_the_ensemble(tmp_path
 @pytest.mark.parametrize("split, after, match", [
     ({"parts": 5}, "", "parts is 5 but the data has 4 classes"),
     ({"parts": 1}, "", "parts"),
-    ({"parts": 2}, "  fold: {}\n", "must be the last pass"),  # a pass after split: refused before any work
+    ({"parts": 2}, "  fold: {}\n", "cannot run after passes.split (split)"),  # refused at load, before any work
 ])
 def test_bad_split_configs_exit_2_with_one_line(tmp_path, capsys, split, after, match):
     r = _recipe(tmp_path, split, after)

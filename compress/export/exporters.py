@@ -30,8 +30,9 @@ def export_all(state, ctx, images) -> list[Artifact]:
     passes = PASSES.loaded()
     graph_exporters = [t for t in dict.fromkeys(r["type"] for r in state.history)
                        if getattr(passes.get(t), "exporter", None) is not None]
-    a = export_float_onnx(req, evaluate=not graph_exporters)
-    if graph_exporters:
+    replaced = any(passes[t].replaces_float_graph for t in graph_exporters)
+    a = export_float_onnx(req, evaluate=not replaced)
+    if replaced:
         a.name, a.notes = "float-graph", ["float graph the quantized artifacts are built from"]
     req.float_onnx = ctx.run_dir / a.path
     artifacts.append(a)

@@ -8,8 +8,11 @@ bound (``compress.pipeline.plan``):
 - ``exporter``: fn(ExportRequest) -> [Artifact], called by the export stage when the state's history holds
   this pass (e.g. quantize's Q/DQ INT8 and INT4 graphs); None: the float ONNX graph is the model's artifact;
 - ``report_section``: fn(record, run_dir) -> markdown for report.md (may write plots); None: a default list;
+- ``replaces_float_graph``: its exporter's artifacts stand for the model (quantize): the float graph is kept
+  only as their source, unscored; False: they are built beside it (split's bundle), the float ONNX is scored;
 - ``must_follow``: pass types that must have run earlier in the recipe;
-- ``forbid_after``: pass type -> why this pass cannot run after it.
+- ``forbid_after``: pass type -> why this pass cannot run after it;
+- ``last``: why no pass may follow this one (None: any may).
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ class Pass:
     must_follow: ClassVar[tuple[str, ...]] = ()
     forbid_after: ClassVar[dict[str, str]] = {}
     exporter: ClassVar[Callable[..., list] | None] = None  # set with staticmethod(fn)
+    replaces_float_graph: ClassVar[bool] = False
+    last: ClassVar[str | None] = None
     report_section: ClassVar[Callable[[dict, Path], str] | None] = None  # set with staticmethod(fn)
 
     def __init__(self, config: PassConfig):

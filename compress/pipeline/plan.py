@@ -52,6 +52,10 @@ def bind_passes(recipe: Recipe, origins: dict) -> list[tuple[str, Pass]]:
 def check_order(passes: list[tuple[str, Pass]], origins: dict) -> None:
     """Each pass's ``must_follow`` / ``forbid_after`` rules against the passes before it (before any runs)."""
     seen: dict[str, str] = {}  # pass type -> the first recipe entry of that type
+    for (name, p), (later, _) in zip(passes, passes[1:]):
+        if p.last:
+            raise UserError(f"{where(origins, ('passes', later))}: passes.{later} cannot run after "
+                            f"passes.{name} ({p.name}): {p.last}", f"move passes.{name} to the end of the recipe")
     for name, p in passes:
         for t, why in p.forbid_after.items():
             if t in seen:

@@ -26,6 +26,7 @@ class QuantizePass(Pass):
     summary = "ViT-aware PTQ: post-LN reparameterization, GPTQ weights, SULQ softmax, LRP mixed precision"
     forbid_after = {"quantize": "the model is already quantized"}
     exporter = staticmethod(export_quantized)
+    replaces_float_graph = True  # the Q/DQ / MatMulNBits graphs are the model; the float graph is their source
     report_section = staticmethod(quantize_section)
 
     def run(self, state, ctx):

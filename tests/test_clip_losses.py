@@ -48,7 +48,7 @@ def test_contrastive_hand_computed():
 
 
 def _np_affinity(img, txt, t_img, t_txt, s_t, s_s):
-    n = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    n = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
 
     def log_softmax(z):
         z = z - z.max(1, keepdims=True)
@@ -82,6 +82,6 @@ def test_affinity_gradient_equals_tinyclip_cross_entropy():
     nrm = torch.nn.functional.normalize
     li = 30.0 * nrm(img) @ nrm(txt).T
     ti = 30.0 * nrm(t_img) @ nrm(t_txt).T
-    ce = lambda lg, t: torch.nn.functional.cross_entropy(lg, torch.softmax(t, -1))  # noqa: E731
+    ce = lambda lg, t: torch.nn.functional.cross_entropy(lg, torch.softmax(t, -1))
     ((ce(li, ti) + ce(li.T, ti.T)) / 2).backward()
     torch.testing.assert_close(g_kl, img.grad, rtol=1e-5, atol=1e-6)

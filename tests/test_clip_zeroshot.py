@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from compress.evaluation import zeroshot
-from compress.models.clip_prompts import CIFAR10_CLASSES, CIFAR10_TEMPLATES, HELD_OUT, SYNONYMS, TRAIN_TEMPLATES
+from compress.models.clip_prompts import (
+    CIFAR10_CLASSES,
+    CIFAR10_TEMPLATES,
+    HELD_OUT,
+    SYNONYMS,
+    TRAIN_TEMPLATES,
+)
 
 
 def test_prompts_are_templates_times_names():

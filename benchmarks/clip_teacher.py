@@ -1,6 +1,6 @@
 """Build the offline LiT CLIP teacher (compress.distill.clip_teacher) and score it zero-shot on CIFAR-10 test.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_teacher.py [--train-images 3000] [--steps 400] \
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_teacher.py [--train-images 2000] [--steps 100] \
         [--test 2000] [--rebuild] [--results benchmarks/results/clip_teacher.json]
 
 The image tower (embedded DINOv2 ViT-S/14) is frozen: its features of the train and test images are computed
@@ -44,9 +44,9 @@ def time_tower(vit, data: str, count: int, seed: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="cifar10")
-    ap.add_argument("--train-images", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--train-images", type=int, default=ct.TeacherConfig.train_images)
+    ap.add_argument("--steps", type=int, default=ct.TeacherConfig.steps)
+    ap.add_argument("--batch-size", type=int, default=ct.TeacherConfig.batch_size)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr-text", type=float, default=ct.TeacherConfig.lr_text)

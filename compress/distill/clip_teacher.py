@@ -41,12 +41,12 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 @dataclass
 class TeacherConfig:
     data: str = "cifar10"
-    train_images: int = 3000  # class-balanced train images (seeded)
-    steps: int = 300
+    train_images: int = 2000  # class-balanced train images (seeded)
+    steps: int = 100
     batch_size: int = 128  # images per step; their captions are drawn at random from the train prompts
     embed_dim: int = 256
     lr_text: float = 3e-5
-    lr_proj: float = 1e-3
+    lr_proj: float = 2e-3
     weight_decay: float = 0.05
     warmup: float = 0.05
     synonyms: bool = True

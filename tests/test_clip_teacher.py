@@ -10,7 +10,7 @@ import torch
 from compress.distill import clip_teacher as ct
 from compress.models.clip_prompts import HELD_OUT
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real towers: ~2 CPU min
 
 
 @pytest.fixture(scope="module")

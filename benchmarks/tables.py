@@ -91,9 +91,10 @@ QUANT_ALL_RECIPES = {"w8a8-vit": "w8a8-vit:qdq", "int4-vit": "int4-vit:qdq", "in
 RECIPE_LABEL = {"fp32-baseline": "fp32 ONNX", "w8a8-vit": "W8A8 Q/DQ", "int4-vit": "LRP mixed W4 avg, blocks of 32 / A8",
                 "int4-vit-fast": "LRP mixed W4 avg per channel / A8, int8 GEMMs", "w6a6-vit": "W6A6 Q/DQ",
                 "w4a4-vit": "W4A4 Q/DQ", "w3a3-vit": "W3A3 Q/DQ",
-                "prune-int8-vit": "Hessian pruning + `align`, then W8A8 Q/DQ"}
+                "prune-int8-vit": "Hessian pruning + `align`, then W8A8 Q/DQ",
+                "split-vit": "ED-ViT split into 4 class-wise parts, fused"}
 SHIPPED = ["fp32-baseline", "w8a8-vit", "int4-vit", "int4-vit-fast", "w6a6-vit", "w4a4-vit", "w3a3-vit",
-           "prune-int8-vit"]
+           "prune-int8-vit", "split-vit"]
 
 
 def main_artifact(entry: dict) -> dict | None:

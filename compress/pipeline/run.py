@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import random
-import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from ..data.catalog import resolve as resolve_data
 from ..errors import UserError
 from ..evaluation.leakage import pack_draws
 from ..utils.io import sha256_file, sha256_json, write_json, write_text
-from ..utils.resources import measure
+from ..utils.resources import measure, process_peak_mb
 from .checkpoint import load_any, load_checkpoint
 from .context import RunContext
 from .export_stage import export_stage, target_profiles
@@ -316,5 +315,5 @@ def _write_manifest(out: Path, lr: LoadedRecipe, state: ModelState, export: dict
         "checkpoints": ckpts, "artifacts": export["artifacts"], "files": files,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "resources": {"stages": resources or {}, "process_cpu_s": round(time.process_time(), 3),
-                      "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+                      "process_peak_rss_mb": process_peak_mb()},
     })

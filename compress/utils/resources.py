@@ -35,11 +35,18 @@ def _reset_hwm() -> bool:
 
 
 _open: list[list[float]] = []  # running peaks (MB) of the stages now open, outermost first
+_lifetime = [0.0]  # the process's peak so far: a reset also lowers what getrusage reports
 
 
 def _fold(mark: float | None) -> None:
+    _lifetime[0] = max(_lifetime[0], mark or 0.0)
     for running in _open:
         running[0] = max(running[0], mark or 0.0)
+
+
+def process_peak_mb() -> float:
+    """Peak resident memory of the whole process so far (MB), resets by ``measure`` included."""
+    return round(max(_lifetime[0], _hwm_mb() or 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1)
 
 
 @contextmanager

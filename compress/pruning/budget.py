@@ -22,6 +22,29 @@ def load(target: str, lut: str | None, roofline: bool = False):
                         f"rebuild it: compress profile --build-lut --target {target}") from None
 
 
+def resolve_target(name: str | None, ctx_targets: list[dict], owner: str = "prune") -> tuple[str, dict]:
+    """The device profile whose latency model a pruning pass budgets against: the pass's own ``target``, else the
+    recipe's first target, else the local machine's profile."""
+    from ..targets import list_profiles, load_profile
+
+    if name:
+        return name, load_profile(name)
+    if ctx_targets:
+        return ctx_targets[0]["name"], ctx_targets[0]
+    local = [p for p in list_profiles() if load_profile(p).get("local")]
+    if not local:
+        raise UserError(f"the {owner} pass needs a target for its latency model", f"set passes.{owner}.target")
+    return local[0], load_profile(local[0])
+
+
+def alignment(profile: dict, override: int | None) -> int:
+    """Width multiple the pruned structures keep (the profile's fp32 GEMM alignment unless overridden)."""
+    if override:
+        return override
+    a = profile.get("alignment", 8)
+    return int(a.get("fp32", 8) if isinstance(a, dict) else a)
+
+
 class Predictor:
     """Block-wise latency (ms, batch 1) of any widths, cached; the pruned encoder's output lift
     (``WidthRestore``: one D' -> D linear over all tokens) costed as half an MLP of width D."""

@@ -25,7 +25,7 @@ from ...recipes.schema import Strict
 from ...pruning import compensate, remove, saliency
 from .refit import reconstruct
 from ...distill import Distiller, TeacherTargets, distill, teacher_outputs
-from ...pruning.budget import OrtTimer, Predictor, best_ms, load
+from ...pruning.budget import OrtTimer, Predictor, alignment, best_ms, load, resolve_target
 from ...pruning.select import STRUCTURES, Limits, Selector
 from .report import section as prune_section
 
@@ -88,26 +88,6 @@ class PruneConfig(PassConfig):
 
 def widths(cfg) -> dict:
     return {"embed_dim": cfg.embed_dim, "blocks": [[b.num_heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks]}
-
-
-def resolve_target(name: str | None, ctx_targets: list[dict]) -> tuple[str, dict]:
-    from ...targets import list_profiles, load_profile
-
-    if name:
-        return name, load_profile(name)
-    if ctx_targets:
-        return ctx_targets[0]["name"], ctx_targets[0]
-    local = [p for p in list_profiles() if load_profile(p).get("local")]
-    if not local:
-        raise UserError("the prune pass needs a target for its latency model", "set passes.prune.target")
-    return local[0], load_profile(local[0])
-
-
-def alignment(profile: dict, override: int | None) -> int:
-    if override:
-        return override
-    a = profile.get("alignment", 8)
-    return int(a.get("fp32", 8) if isinstance(a, dict) else a)
 
 
 @register_pass

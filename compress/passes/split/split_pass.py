@@ -34,7 +34,7 @@ from ...models.pooling import pooled
 from ...models.vit import VisionTransformer
 from ...pipeline.base import Pass, register_pass
 from ...pruning import compensate, remove
-from ...pruning.budget import Predictor, load
+from ...pruning.budget import Predictor, alignment, load, resolve_target
 from ...pruning.select import Limits, Selector
 from ...split import partition as part_rule
 from ...split.fusion import assemble, train_fusion
@@ -59,24 +59,6 @@ def _stack(ds) -> tuple[torch.Tensor, np.ndarray]:
 
 def _sub(ds, pos) -> Subset:
     return Subset(ds.source, np.asarray(ds.indices)[np.asarray(pos, dtype=np.int64)], ds.preprocess)
-
-
-def _target(name, ctx_targets):
-    from ...targets import list_profiles, load_profile
-
-    if name:
-        return name, load_profile(name)
-    if ctx_targets:
-        return ctx_targets[0]["name"], ctx_targets[0]
-    local = [p for p in list_profiles() if load_profile(p).get("local")]
-    if not local:
-        raise UserError("the split pass needs a target for its latency model", "set passes.split.target")
-    return local[0], load_profile(local[0])
-
-
-def _align(profile: dict, override: int | None) -> int:
-    a = override or profile.get("alignment", 8)
-    return int(a.get("fp32", 8) if isinstance(a, dict) else a)
 
 
 class _PartTimer:
@@ -152,9 +134,9 @@ class SplitPass(Pass):
         orig_params = params(model0) + (params(probe) if probe is not None else 0)
         part_budget = c.budget.params * orig_params / c.parts
 
-        target, profile = _target(c.target, ctx.targets)
+        target, profile = resolve_target(c.target, ctx.targets, "split")
         lm = load(target, None, c.roofline)
-        align = _align(profile, c.align)
+        align = alignment(profile, c.align)
         lim = Limits(align, c.min_heads, align, align, max(align, math.ceil(c.min_embed * cfg0.embed_dim / align) * align))
         from ...utils.fingerprint import model_fingerprint
 

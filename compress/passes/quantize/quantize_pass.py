@@ -45,12 +45,11 @@ class QuantizePass(Pass):
         if cfg.mixed.strategy == "relevance":
             from .relevance import relevance_profile
 
-            t = time.time()
             with measure() as phases["relevance"]:
                 prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], rule=cfg.mixed.relevance_rule)
             relevance = prof.scores
             record["relevance"] = {"scores": relevance, "rule": prof.rule, "target": prof.target_kind,
-                                   "images": prof.images, "seconds": time.time() - t,
+                                   "images": prof.images, "seconds": phases["relevance"]["wall_s"],
                                    "block_error": prof.block_error()}
         with measure() as phases["reparam"]:
             record["reparam"] = ptq.reparameterize_model(model, images, cfg)

@@ -289,6 +289,10 @@ def test_manifest_parts_and_files(tmp_path):
     import hashlib
 
     assert mf.verified(tmp_path, "x.onnx", hashlib.sha256(b"abc").hexdigest(), "artifact") == tmp_path / "x.onnx"
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        mf.load(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        mf.load(tmp_path / "none.json")
     big = tmp_path / "big.json"
     big.write_text(" " * (mf.MAX_MANIFEST_BYTES + 1))
     with pytest.raises(UserError, match="larger than"):

@@ -141,7 +141,8 @@ def load(path: str | Path) -> tuple[Manifest, Path]:
     """(manifest, its folder); nothing it names is read yet."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"manifest {p} does not exist", "give the split.json written with the parts")
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise UserError(f"manifest {p} {what}", "give the split.json written with the parts")
     if p.stat().st_size > MAX_MANIFEST_BYTES:
         raise UserError(f"manifest {p} is larger than {MAX_MANIFEST_BYTES} bytes", "give the split.json itself")
     try:

@@ -71,17 +71,22 @@ def quantize(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.round(x.float() * float(2**k)).clamp(CODE_MIN, CODE_MAX).to(torch.int32)
 
 
+def exp_codes(d: torch.Tensor, k: int) -> torch.Tensor:
+    """The softmax's exp term in Q15 of ``d = max I - I`` (int32, 0 <= d < 2^16): 2^-((d L14) >> (k + 4) / 2^10)."""
+    t = (d * L14) >> (k + 4)  # = (max T - T) >> (k + 4): the products are below 2^31
+    q = t >> T_BITS
+    f = t - (q << T_BITS)
+    y = Y_ONE - f * (B1 - B2 * f)
+    return y >> (q.clamp_max(16) + 14)
+
+
 def softmax_codes(codes: torch.Tensor, k: int) -> torch.Tensor:
     """Integer softmax of int32 codes (scale 2^-k) over the last axis: int32 codes of scale 2^-30."""
     check_k(k, "softmax")
     if codes.shape[-1] > MAX_ROW:
         raise ValueError(f"integer softmax rows hold at most {MAX_ROW} values, got {codes.shape[-1]}")
-    tt = codes.to(torch.int32) * L14
-    t = (tt.amax(-1, keepdim=True) - tt) >> (k + 4)
-    q = t >> T_BITS
-    f = t - (q << T_BITS)
-    y = Y_ONE - f * (B1 - B2 * f)
-    e = y >> (q.clamp_max(16) + 14)
+    c = codes.to(torch.int32)
+    e = exp_codes(c.amax(-1, keepdim=True) - c, k)
     s = e.sum(-1, keepdim=True, dtype=torch.int32)
     return e * torch.div(2**OUT_BITS, s, rounding_mode="floor")
 

@@ -259,6 +259,37 @@ def test_pass_progressive_manual_stages_from_a_recipe(tmp_path, image_folder):
     assert (work / "stage-02/final/config.json").is_file() and any((work / "teacher").glob("*.safetensors"))
 
 
+def _tiny_cls_mean_clip() -> clip.CLIPModel:
+    """A LiT-like CLIP: a headless tower (tokens out) pooled [class token, mean patch token], as the LiT teacher."""
+    from compress.models.vit import ViTConfig
+
+    ref = _tiny_clip()
+    vc = ViTConfig.uniform(32, 2, 2, img_size=32, patch_size=8, global_pool="none", mean=(0.5, 0.5, 0.5),
+                           std=(0.25, 0.25, 0.25), name="tiny-tokens")
+    torch.manual_seed(1)
+    return clip.CLIPModel(clip.CLIPConfig(vc, 24, ref.cfg.text, "cls_mean", 2.0, "tiny-lit")).eval()
+
+
+def test_pass_on_a_cls_mean_tower_keeps_the_teacher_projection(tmp_path, image_folder):
+    from compress.models.pooling import pooled
+    from compress.pipeline.checkpoint import load_checkpoint
+
+    clip.save_dir(_tiny_cls_mean_clip(), tmp_path / "lit")
+    assert _run(tmp_path, image_folder, "{mode: manual, saliency_images: 8, widths: [embed]}",
+                "passes.distill.stages=[{params: 0.6}]", model=tmp_path / "lit") == 0
+    run = tmp_path / "run"
+    rec = json.loads((run / "passes/01-distill/config.json").read_text())["history"][-1]
+    state, _ = load_checkpoint(run / "passes/01-distill")
+    assert rec["stages"][0]["ratio"] <= 0.6 and inherit.tower_params(state.model) == rec["stages"][0]["params"]
+    assert state.model.cfg.embed_dim < 32 and rec["output_width"] == 32  # narrower stream, lifted back to 32
+    student, teacher = clip.load_dir(run / rec["student_clip"]), _tiny_cls_mean_clip()
+    assert torch.equal(student.visual_projection.weight, teacher.visual_projection.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = teacher.visual_projection(pooled(state.model(x), 1))
+        assert torch.allclose(student.encode_image(x, normalize=False), want, atol=1e-5)
+
+
 def test_pass_resumes_at_the_last_finished_stage(tmp_path, image_folder):
     inh = "{mode: manual, saliency_images: 8}"
     assert _run(tmp_path, image_folder, inh) == 0

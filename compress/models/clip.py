@@ -66,7 +66,8 @@ class CLIPConfig:
 
     @property
     def image_width(self) -> int:
-        return self.vision.embed_dim * (2 if self.image_pool == "cls_mean" else 1)
+        width = self.extra.get("output_width") or self.vision.embed_dim  # an embed-pruned tower's restored width
+        return width * (2 if self.image_pool == "cls_mean" else 1)
 
     def to_dict(self) -> dict:
         return {"vision": self.vision.to_dict(), "embed_dim": self.embed_dim, "text": self.text,
@@ -190,6 +191,10 @@ class CLIPModel(nn.Module):
             raise ValueError("a CLIP image tower carries no head: the visual projection is the CLIP model's")
         self.cfg = cfg
         self.visual = VisionTransformer(cfg.vision)
+        if cfg.extra.get("output_width"):  # an embed-pruned tower (distill pass): the lift back to the output width
+            from .heads import WidthRestore
+
+            self.visual.norm = WidthRestore(cfg.vision.embed_dim, cfg.extra["output_width"], cfg.vision.norm_eps)
         self.visual_projection = nn.Linear(cfg.image_width, cfg.embed_dim, bias=False)
         self.text = build_text(cfg.text)
         self.text_projection = nn.Linear(cfg.text["width"], cfg.embed_dim, bias=False)

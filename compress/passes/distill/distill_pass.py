@@ -128,8 +128,10 @@ class DistillPass(Pass):
                     f"loss {rec['train'].get('loss_start')} -> {rec['train'].get('loss_end')}")
         state.model = current
         student_clip.set_image_tower(copy.deepcopy(current))  # a cls_mean tower keeps the teacher's projection
+        if student_clip.cfg.image_pool != "token":
+            student_clip.cfg.extra["output_width"] = remove.output_width(current)
         clip_dir = work / "student-clip"
-        if not clip_models.is_clip_dir(clip_dir) and not remove.output_width(current):
+        if not clip_models.is_clip_dir(clip_dir):
             clip_models.save_dir(student_clip, clip_dir, distill={"stages": [s["params"] for s in stages]})
         return {"teacher": c.teacher, "params_original": params0, "stages": stages, "work": str(work.relative_to(ctx.run_dir)),
                 "student_clip": str(clip_dir.relative_to(ctx.run_dir)) if clip_dir.is_dir() else None,

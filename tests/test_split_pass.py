@@ -106,9 +106,23 @@ def test_split_recipe_builds_a_verified_bundle_served_like_the_ensemble(tmp_path
     assert lat["end_to_end_ms_p50"] >= lat["slowest_part_ms_p50"]
 
 
+def test_one_part_is_the_uniformly_pruned_comparison(tmp_path):
+    """parts: 1 with budget.params = 1.3 / K: one all-class model pruned to a K-way part's size (the baseline of
+    K copies of one uniformly pruned model), deployed and verified like a split (random weights: mechanics)."""
+    out = tmp_path / "run"
+    r = _recipe(tmp_path, {"parts": 1, "budget": {"params": 0.65, "iterations": 1}})
+    assert main(["--recipe", str(r), "--out", str(out), "--quiet"]) == 0
+    rec = json.loads((out / "passes" / "01-split" / "config.json").read_text())["history"][0]
+    assert rec["partition"] == [[0, 1, 2, 3]] and len(rec["parts"]) == 1
+    assert rec["parts"][0]["params"] <= 0.65 * rec["original"]["params"] == rec["part_budget_params"]
+    m = json.loads((out / "artifacts" / "split" / "split.json").read_text())
+    assert len(m["parts"]) == 1 and m["parts"][0]["classes"] == [0, 1, 2, 3]
+    assert rec["ensemble_verification"]["argmax_agreement"] == 1.0
+
+
 @pytest.mark.parametrize("split, after, match", [
     ({"parts": 5}, "", "parts is 5 but the data has 4 classes"),
-    ({"parts": 1}, "", "parts"),
+    ({"parts": 0}, "", "parts"),
     ({"parts": 2}, "  fold: {}\n", "cannot run after passes.split (split)"),  # refused at load, before any work
 ])
 def test_bad_split_configs_exit_2_with_one_line(tmp_path, capsys, split, after, match):

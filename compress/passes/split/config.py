@@ -69,7 +69,9 @@ class DeployConfig(Strict):
 
 class SplitConfig(PassConfig):
     VERSION: ClassVar[int] = 1
-    parts: int = Field(4, ge=2, le=64, description="sub-models (K); at most the number of classes")
+    parts: int = Field(4, ge=1, le=64, description="sub-models (K); at most the number of classes. 1 with "
+                       "budget.params = 1.3 / K: one all-class model pruned to a K-way part's size, the comparison "
+                       "(K copies of it, fused, predict what one copy fused does)")
     partition: Literal["similarity", "random"] = "similarity"
     structures: list[Structure] = Field(default_factory=lambda: ["heads", "qk", "v", "mlp", "embed"], min_length=1)
     target: str | None = Field(None, description="latency model's target (default: the recipe's first, else local)")

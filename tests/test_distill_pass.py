@@ -334,3 +334,13 @@ def test_bad_configs_exit_2_with_one_line(tmp_path, image_folder, capsys, sets, 
     rc = _run(tmp_path, image_folder, "{mode: manual}", *sets, model=model)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and says in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_pass_trains_its_stages_under_torchrun(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert _run(tmp_path, image_folder, "{mode: manual, saliency_images: 8}", "passes.distill.stages=[{params: 0.5}]",
+                "passes.distill.ddp={procs: 2}") == 0
+    rec = json.loads((tmp_path / "run/passes/01-distill/config.json").read_text())["history"][-1]
+    t = rec["stages"][0]["train"]
+    assert t["world"] == 2 and len(t["losses"]) == 4 and rec["stages"][0]["ratio"] <= 0.5

@@ -92,7 +92,7 @@ class DistillPass(Pass):
     def run(self, state, ctx):
         c, t0, c0 = self.config, time.time(), time.process_time()
         teacher = self._teacher(state, ctx)
-        tower = teacher.image_tower() if teacher.cfg.image_pool == "token" else copy.deepcopy(teacher.visual).eval()
+        tower = copy.deepcopy(state.model).eval()  # the student starts as the model entering the pass
         work = ctx.run_dir / "work" / f"distill-{sha256_json([model_fingerprint(tower), c.model_dump()])[:12]}"
         work.mkdir(parents=True, exist_ok=True)
         ds = ctx.data(c.split, c.images, seed=c.seed, cfg=tower.cfg, role="distill")
@@ -112,12 +112,15 @@ class DistillPass(Pass):
         if c.inheritance.mode == "manual":
             calib = ctx.calibration_batches(c.inheritance.saliency_images)
             t_calib = teacher_outputs(tower, calib)
-        student_clip = teacher
-        del teacher  # the students train on the cached outputs
+        pool = teacher.cfg.image_pool
+        teacher_dir = work / "teacher-clip"  # the text side of the student CLIP, read back at the end
+        if not clip_models.is_clip_dir(teacher_dir):
+            clip_models.save_dir(teacher, teacher_dir)
+        del teacher  # the students train on the cached outputs, without the teacher in memory
         params0 = inherit.tower_params(tower)
         data = {"path": ctx.recipe.data.path, "split": c.split, "count": c.images, "seed": c.seed,
                 "vit": tower.cfg.to_dict()}
-        base = {"cache": str(cache), "proj": str(proj) if proj else None, "pool": student_clip.cfg.image_pool,
+        base = {"cache": str(cache), "proj": str(proj) if proj else None, "pool": pool,
                 "params0": params0, "data": data, "backend": c.ddp.backend, "d0": tower.cfg.embed_dim}
         stages, current = [], tower
         for i, st in enumerate(c.stages):
@@ -127,6 +130,7 @@ class DistillPass(Pass):
             ui.info(f"    stage {i + 1}: {rec['params']:,} weights ({rec['ratio']:.3f} of the original), "
                     f"loss {rec['train'].get('loss_start')} -> {rec['train'].get('loss_end')}")
         state.model = current
+        student_clip = clip_models.load_dir(teacher_dir)
         student_clip.set_image_tower(copy.deepcopy(current))  # a cls_mean tower keeps the teacher's projection
         if student_clip.cfg.image_pool != "token":
             student_clip.cfg.extra["output_width"] = remove.output_width(current)

@@ -33,6 +33,7 @@ from .. import ui
 from .affinity import affinity_loss, contrastive_loss, similarities
 
 LOSSES = ("affinity", "feature", "logit", "contrastive")
+PER_SAMPLE = ("image", "text", "labels")  # cached per training sample; class_text and scale are shared
 
 
 @dataclass
@@ -155,8 +156,7 @@ def train(student, cache: dict, images_fn, cfg: LoopConfig, ckpt: Path | None = 
         local = idx[rank * k:(rank + 1) * k]
         emb, ratio = model(images_fn(local), step)
         full = _gather(emb.float(), rank, world)
-        loss = distill_loss(full, {key: v[idx] if v.ndim and len(v) == n else v for key, v in cache.items()},
-                            cfg.losses)
+        loss = distill_loss(full, {k: v[idx] if k in PER_SAMPLE else v for k, v in cache.items()}, cfg.losses)
         obj = loss * world
         if ratio is not None and cfg.target is not None:
             gap = ratio - target_at(cfg, step)

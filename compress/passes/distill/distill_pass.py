@@ -69,7 +69,7 @@ class DistillPass(Pass):
     name = "distill"
     Config = DistillConfig
     summary = "TinyCLIP: affinity mimicking, weight inheritance, progressive multi-stage compression of a CLIP tower"
-    forbid_after = {"quantize": "distillation trains float weights", "split": "split must be the last pass"}
+    forbid_after = {"quantize": "distillation trains float weights"}
     report_section = staticmethod(distill_section)
 
     # -- the teacher and its cached outputs ------------------------------------------------------------------
@@ -81,7 +81,8 @@ class DistillPass(Pass):
             from ...distill import clip_teacher
 
             teacher, _ = clip_teacher.build()
-            if teacher.visual_projection.in_features != 2 * state.model.cfg.embed_dim or state.model.cfg.num_classes:
+            width = remove.output_width(state.model) or state.model.cfg.embed_dim
+            if teacher.visual_projection.in_features != 2 * width or state.model.cfg.num_classes:
                 raise UserError("passes.distill.teacher: lit distils into the LiT teacher's own image tower family",
                                 "use model: dinov2-s14-focus with teacher: lit")
             return teacher

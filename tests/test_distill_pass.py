@@ -347,3 +347,20 @@ def test_pass_trains_its_stages_under_torchrun(tmp_path, image_folder, monkeypat
     rec = json.loads((tmp_path / "run/passes/01-distill/config.json").read_text())["history"][-1]
     t = rec["stages"][0]["train"]
     assert t["world"] == 2 and len(t["losses"]) == 4 and rec["stages"][0]["ratio"] <= 0.5
+
+
+def test_lit_teacher_is_the_cached_build_and_must_fit_the_tower(tmp_path, image_folder, monkeypatch, capsys):
+    """``teacher: lit`` takes clip_teacher.build()'s model (stood in for by a tiny cls_mean CLIP: the real build needs
+    the DINOv2 and MiniLM weights) and refuses a tower its projection cannot read."""
+    from compress.distill import clip_teacher
+
+    calls = []
+    monkeypatch.setattr(clip_teacher, "build", lambda *a, **k: calls.append(1) or (_tiny_cls_mean_clip(), {}))
+    clip.save_dir(_tiny_cls_mean_clip(), tmp_path / "lit")
+    assert _run(tmp_path, image_folder, "{mode: manual, saliency_images: 8}", "passes.distill.stages=[{params: 0.6}]",
+                "passes.distill.teacher=lit", model=tmp_path / "lit") == 0 and calls
+    rec = json.loads((tmp_path / "run/passes/01-distill/config.json").read_text())["history"][-1]
+    assert rec["teacher"] == "lit" and rec["stages"][0]["ratio"] <= 0.6
+    rc = _run(tmp_path, image_folder, "{mode: manual}", "passes.distill.teacher=lit", out="run-token")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "lit distils into the LiT teacher's own image tower family" in err[-1]

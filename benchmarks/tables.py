@@ -114,7 +114,7 @@ def quant_all_cmd(qa: dict, row: str) -> str:
 def readme_measured(R: Results) -> list[str]:
     head = ["what", "test images", "top-1 %", "Δ vs fp32 (pt)", "agreement %", "size MB", "latency ms (CPU, 1 thread)",
             "speed-up vs fp32 ONNX (CPU, same file)", "command", "result file"]
-    rows, missing = [], []
+    rows = []
     rec = (R.get("recipes.json", optional=True) or {}).get("recipes", {})
     qa = R.get("quant_all.json")
     qa_fp32 = by_name(qa["rows"], "fp32 ONNX")
@@ -152,8 +152,6 @@ def readme_measured(R: Results) -> list[str]:
                          f(r["agreement"], "{:.1f}"), f(r["size_mb"], "{:.1f}"),
                          f"{r['latency']['cpu_p50_ms']:.1f} (p50 of {qa_runs}, interleaved)", "1.00x",
                          "`quant_bench.py`", "quant_all.json"])
-        else:
-            missing.append(name)
     for peer, label in [("ort-dynamic-int8", "peer: ORT dynamic INT8"),
                         ("ort-int4-matmulnbits-b32", "peer: ORT INT4 MatMulNBits block 32"),
                         ("nncf-int8", "peer: NNCF INT8 (in ORT)")]:
@@ -174,9 +172,13 @@ def readme_measured(R: Results) -> list[str]:
     rows.append(["softmax poly2 + GELU ReLU-LUT (fp32 ONNX)", k["test_images"], f(v["top1"]), pm(v["delta_top1"]),
                  f(v["agreement"], "{:.1f}"), NA, NA, NA, "`kernels_accuracy.py`", "kernels.json"])
     out = table(head, rows) + [""]
+    measured = {n for n, e in rec.items() if e["as_shipped"]}
+    earlier = {n for n in SHIPPED if n not in measured and n in QUANT_ALL_RECIPES}
+    missing = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml") if p.stem not in measured | earlier)
     if missing:
-        out += ["Shipped recipes with no run of the recipe as shipped in a result file yet: "
-                + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+        out += ["Recipes in `recipes/` with no run of the recipe as shipped in a result file yet: "
+                + ", ".join(f"`{m}`" for m in missing) + ". Rows marked \"earlier run\" come from run folders that "
+                "`quant_bench.py` collected before `recipes.json` existed.", ""]
     return out + ["Result files (in `benchmarks/results/`) and the commands recorded in them:", ""] + sources(R)
 
 
@@ -185,7 +187,7 @@ def prune_rows(R: Results) -> list[list]:
     for file, variant, label in [
             ("prune_s8_070_10k.json", "hessian@0.7", "Hessian pruning to 0.70x latency, 500 KD steps, then `align`"),
             ("prune_s8_070_10k.json", "hessian@0.7+int8", "the same, then W8A8 (`prune-int8-vit`'s passes at 0.7x, 3 steps; the recipe ships 0.6x)"),
-            ("prune_s8_050_10k.json", "hessian@0.5", "Hessian pruning to 0.5x, 500 KD steps, then `align` (`nvit-prune`)")]:
+            ("prune_s8_050_10k.json", "hessian@0.5", "Hessian pruning to 0.5x, 500 KD steps, then `align` (`nvit-prune`'s passes, run by `prune_bench.py`)")]:
         v = R.get(file)["results"][variant]
         a, t = v["artifacts"][0], v["timing"]
         ta = t["artifacts"][0]

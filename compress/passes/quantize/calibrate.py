@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .quantizers import LogQuantizer, UniformQuantizer
+from .quantizers import FP16_TINY, LogQuantizer, UniformQuantizer
 
 METHODS = ("minmax", "percentile", "mse")
 COARSE = torch.logspace(-3, 0, 31)  # clipping ratios (of the observed range) the MSE search tries first,
@@ -21,7 +21,20 @@ def sample(x: torch.Tensor, n: int = SAMPLE, extremes: int = 256, seed: int = 0)
         return flat
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, flat.numel(), (n,), generator=g)
-    return torch.cat([flat[idx], flat.topk(extremes).values, (-flat).topk(extremes).values.neg()])
+    return torch.cat([flat[idx], _extreme(flat, extremes, True), _extreme(flat, extremes, False)])
+
+
+def _extreme(flat: torch.Tensor, k: int, largest: bool, width: int = 64) -> torch.Tensor:
+    """``flat.topk(k, largest).values`` of a large tensor without sorting all of it: the k-th most extreme of
+    the per-row extremes of ``flat`` viewed as rows of ``width`` is a bound that at least k values reach, so
+    every one of the k most extreme values is among the values past it (the same values, ~4x faster)."""
+    n = flat.numel() - flat.numel() % width
+    if n < (1 << 20):
+        return flat.topk(k, largest=largest).values
+    rows = flat[:n].view(-1, width)
+    bound = (rows.amax(1) if largest else rows.amin(1)).topk(k, largest=largest).values[-1]
+    past = flat >= bound if largest else flat <= bound
+    return flat[past].topk(k, largest=largest).values
 
 
 def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -84,13 +97,28 @@ def fit_weight(q: UniformQuantizer, w: torch.Tensor, method: str = "mse") -> Non
         raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
     best_err = torch.full(lo.shape, float("inf"))
     best_lo, best_hi = lo.clone(), hi.clone()
+    amax = torch.maximum(-lo.clamp_max(0), hi.clamp_min(0))
     for a in torch.linspace(0.3, 1.0, 36).tolist():  # weights have no far outliers: a linear grid
-        q.set_range((lo * a).reshape(shape), (hi * a).reshape(shape))
-        err = (q.fake(v.reshape(w.shape)).reshape(v.shape) - v).pow(2).sum(red, keepdim=True)
+        if q.symmetric:  # set_range and fake's arithmetic for zero point 0, without their generic steps
+            err = _symmetric_error(q, v, amax * a, red)
+        else:
+            q.set_range((lo * a).reshape(shape), (hi * a).reshape(shape))
+            err = (q.fake(v.reshape(w.shape)).reshape(v.shape) - v).pow(2).sum(red, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_lo, best_hi = torch.where(better, lo * a, best_lo), torch.where(better, hi * a, best_hi)
     q.set_range(best_lo.reshape(shape), best_hi.reshape(shape))
+
+
+def _symmetric_error(q: UniformQuantizer, v: torch.Tensor, amax: torch.Tensor, red: tuple) -> torch.Tensor:
+    """Squared error per row / group of quantizing ``v`` symmetrically with range ``amax`` (the values
+    ``set_range(-amax, amax)`` then ``fake`` give: max(-lo a, hi a) = max(-lo, hi) a for a > 0)."""
+    scale = amax / q.qmax
+    if q.group:
+        scale = scale.clamp(FP16_TINY, 65504.0).half().float()
+    scale = scale.clamp_min(1e-10)
+    t = torch.div(v, scale).round_().clamp_(q.qmin, q.qmax).mul_(scale).sub_(v)
+    return t.pow_(2).sum(red, keepdim=True)
 
 
 def fit_log(q: LogQuantizer, x: torch.Tensor, objective: Callable | None = None) -> float:
@@ -137,4 +165,15 @@ def channel_ranges(x: torch.Tensor, method: str = "percentile", percentile: floa
         return x.amin(0), x.amax(0)
     k_hi = max(1, min(x.shape[0], int(round(percentile / 100 * (x.shape[0] - 1))) + 1))
     k_lo = max(1, min(x.shape[0], int(round((1 - percentile / 100) * (x.shape[0] - 1))) + 1))
-    return x.kthvalue(k_lo, 0).values, x.kthvalue(k_hi, 0).values
+    xt = x.T.contiguous()  # channels as rows, contiguous: selection along them is faster, same values
+    return _kth(xt, k_lo), _kth(xt, k_hi)
+
+
+def _kth(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """``rows.kthvalue(k, 1).values``; near either end as the last of a small topk (the same value, ~8x faster)."""
+    n = rows.shape[1]
+    if k <= n // 16:
+        return rows.topk(k, 1, largest=False).values[:, -1]
+    if n - k + 1 <= n // 16:
+        return rows.topk(n - k + 1, 1).values[:, -1]
+    return rows.kthvalue(k, 1).values

@@ -8,7 +8,9 @@ under the budget: w_l = the layer's LRP contribution score for ``relevance`` (LR
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Callable
 
 import torch
 
@@ -16,18 +18,23 @@ from ... import ui
 from . import allocate as alloc
 from .calibrate import fit_weight
 from .config import QuantizeConfig
-from .gptq import gptq, hessian_update, output_error
-from .ptq import _run, block_linears
+from .gptq import factor, gptq_many, hessian_update, output_energy, output_error
+from .ptq import _blockwise, _run, block_linears
 from .quantizers import UniformQuantizer, weight_shape
 
 
 @torch.no_grad()
-def layer_hessians(model, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """Gram matrix X^T X / n of each named linear's input; k and v reuse q's (they read the same tensor)."""
+def layer_hessians(model, images: torch.Tensor, names: list[str],
+                   per_block: Callable[[dict[str, torch.Tensor]], None] | None = None) -> dict[str, torch.Tensor]:
+    """Gram matrix X^T X / n of each named linear's input; k and v reuse q's (they read the same tensor).
+
+    ``per_block``: called with each block's Hessians as soon as that block has run; they are then dropped
+    (one block's Hessians are held at a time) and the returned dict is empty."""
     alias = {n: n.rsplit(".", 1)[0] + ".q" for n in names if n.endswith(("attn.k", "attn.v"))}
     alias = {n: a for n, a in alias.items() if a in names}
     hs: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
+    out: dict[str, torch.Tensor] = {}
 
     def hook(name):
         def fn(_m, args):
@@ -35,31 +42,55 @@ def layer_hessians(model, images: torch.Tensor, names: list[str]) -> dict[str, t
             count[name] = count.get(name, 0) + args[0][..., 0].numel()
         return fn
 
+    def done(b: int) -> None:
+        mine = [n for n in names if n.startswith(f"blocks.{b}.")]
+        own = {n: hs.pop(n).div_(count[n]) for n in mine if n not in alias}
+        got = {n: own[alias.get(n, n)] for n in mine}
+        if per_block is None:
+            out.update(got)
+        else:
+            per_block(got)
+
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names if n not in alias]
     try:
-        _run(model, images)
+        _blockwise(model, images, done)
     finally:
         for h in hooks:
             h.remove()
-    out = {n: hs[n] / count[n] for n in names if n not in alias}
-    return {n: out[alias.get(n, n)] for n in names}
+    return out
 
 
-def candidate_errors(model, hessians: dict[str, torch.Tensor], candidates: list[int], cfg: QuantizeConfig) -> dict:
-    """layer -> width -> relative output error after rounding at that width."""
-    errors: dict[str, dict[int, float]] = {}
-    for name, h in ui.progress(hessians.items(), total=len(hessians), desc="mixed precision: layer errors",
-                               unit="layer"):
-        w = model.get_submodule(name).weight.detach()
-        errors[name] = {}
-        for b in candidates:
-            grouped = cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0
-            gran = cfg.weights.granularity if grouped else "channel"
-            shape, group = weight_shape(w, gran, cfg.weights.group_size)
-            q = UniformQuantizer(b, True, shape, group)
-            fit_weight(q, w, cfg.weights.calibration)
-            wq = gptq(w, h, q, cfg.weights.damp) if cfg.weights.rounding == "gptq" else q.fake(w)
-            errors[name][b] = output_error(w, wq, h)
+def candidate_errors(model, hessians: dict[str, torch.Tensor], candidates: list[int], cfg: QuantizeConfig,
+                     bar=None) -> dict:
+    """layer -> width -> relative output error after rounding at that width.
+
+    Layers reading the same input (q, k, v) share one Hessian: it is factorised once and all of them, at
+    every candidate width, are rounded together (``gptq_many``)."""
+    errors: dict[str, dict[int, float]] = {n: {} for n in hessians}
+    shared: dict[int, list[str]] = {}
+    for name, h in hessians.items():
+        shared.setdefault(id(h), []).append(name)
+    with contextlib.nullcontext(bar) if bar is not None else ui.bar(
+            total=len(hessians), desc="mixed precision: layer errors", unit="layer") as bar:
+        for names in shared.values():
+            h = hessians[names[0]]
+            jobs = [(n, b, model.get_submodule(n).weight.detach()) for n in names for b in candidates]
+            qs = []
+            for _, b, w in jobs:
+                grouped = cfg.weights.granularity != "group" or w.shape[1] % cfg.weights.group_size == 0
+                gran = cfg.weights.granularity if grouped else "channel"
+                shape, group = weight_shape(w, gran, cfg.weights.group_size)
+                q = UniformQuantizer(b, True, shape, group)
+                fit_weight(q, w, cfg.weights.calibration)
+                qs.append(q)
+            if cfg.weights.rounding == "gptq":
+                wqs = gptq_many([w for *_, w in jobs], factor(h, cfg.weights.damp), qs)
+            else:
+                wqs = [q.fake(w) for (*_, w), q in zip(jobs, qs)]
+            energy = {n: output_energy(model.get_submodule(n).weight.detach(), h) for n in names}  # once per layer
+            for (n, b, w), wq in zip(jobs, wqs):
+                errors[n][b] = output_error(w, wq, h, energy[n])
+            bar.update(len(names))
     return errors
 
 
@@ -94,8 +125,11 @@ def allocate_widths(model, images: torch.Tensor, cfg: QuantizeConfig, relevance:
     t0 = time.time()
     names = [n for n in block_linears(model) if n not in cfg.skip and n not in cfg.overrides]
     ui.info(f"    mixed precision: errors of {len(names)} layers at widths {m.candidates}")
-    hs = layer_hessians(model, images, names)
-    errors = candidate_errors(model, hs, m.candidates, cfg)
+    errors: dict[str, dict[int, float]] = {}
+    with ui.bar(total=len(names), desc="mixed precision: layer errors", unit="layer") as bar:
+        # streamed: each block's Hessians are turned into errors and dropped once the block has run
+        layer_hessians(model, images, names, lambda hs: errors.update(candidate_errors(model, hs, m.candidates,
+                                                                                         cfg, bar)))
     params = {n: model.get_submodule(n).weight.numel() for n in names}
     weight = {n: (relevance or {}).get(n, 0.0) if m.strategy == "relevance" else 1.0 for n in names}
     layers = [alloc.LayerChoice(n, params[n], list(m.candidates), errors[n], weight[n]) for n in names]

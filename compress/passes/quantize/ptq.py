@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 
 from ... import ui
+from ...models.vit import Attention, Block, Mlp
 from .calibrate import channel_ranges, fit_activation, fit_log, fit_weight, output_objective, token_sample
 from .config import QuantizeConfig
-from .gptq import gptq, hessian_update, output_error
+from .gptq import factor, gptq_many, hessian_update, output_error
 from .modules import QuantConv2d, QuantLinear, QuantMatMul, wrap
-from .quantizers import LogQuantizer, UniformQuantizer, weight_shape
+from .quantizers import LogQuantizer, weight_shape
 from .reparam import balance_qk, balance_v_proj, centre_k, reparameterize
 
 LINEARS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -62,7 +63,17 @@ def _chunks(x: torch.Tensor, n: int = CHUNK):
 
 @torch.no_grad()
 def _run(fn: Callable, xs) -> torch.Tensor:
-    return torch.cat([fn(x) for x in _chunks(xs)])
+    """``fn`` over ``xs`` a chunk at a time, the results written into one tensor (no list to concatenate)."""
+    if not isinstance(xs, torch.Tensor):
+        return torch.cat([fn(x) for x in xs])
+    out, at = None, 0
+    for x in _chunks(xs):
+        y = fn(x)
+        if out is None:
+            out = torch.empty((len(xs),) + y.shape[1:], dtype=y.dtype)
+        out[at:at + len(y)] = y
+        at += len(y)
+    return out
 
 
 # -- 1. reparameterization ------------------------------------------------------------------------
@@ -77,16 +88,35 @@ def _output_map(model) -> list[tuple]:
 
 
 @torch.no_grad()
-def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max_rows: int = 32768) -> list[dict]:
+def _blockwise(model, images: torch.Tensor, after_block: Callable[[int], None], final_norm: bool = False) -> None:
+    """The model's forward up to its final norm, one block at a time over all images (the same chunks and
+    ops as ``_run(model, images)``): hooks see the same values, and ``after_block(i)`` may reduce and free
+    what block i's hooks kept before the next block runs."""
+    x = _run(model.embed, images)
+    for i, blk in enumerate(model.blocks):
+        x = _run(blk, x)
+        after_block(i)
+    if final_norm:  # what VisionTransformer.forward gives its final norm: the tokens, or the pooled feature
+        _run(model.norm, model.pool(x) if model.cfg.fc_norm else x)
+
+
+@torch.no_grad()
+def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max_rows: int = 32768,
+                           amax_of: tuple[str, ...] = ()) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Fold clipped per-channel ranges of norm1 / norm2 outputs into the norms and q/k/v, fc1 (and of the
-    final norm into the align pass's output map)."""
+    final norm into the align pass's output map). The rows behind each range are reduced as soon as their
+    block has run, so one block's rows are held at a time. Also returns the per-channel max |y| of the
+    modules ``amax_of``, measured in the same forward (before the folding)."""
     pc = cfg.reparam
     rows: dict[int, list[torch.Tensor]] = {}
+    ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    n = len(model.blocks)
     norms = [(blk.norm1, [blk.attn.q, blk.attn.k, blk.attn.v]) for blk in model.blocks]
     norms += [(blk.norm2, [blk.mlp.fc1]) for blk in model.blocks]
     norms += _output_map(model)
     per_batch = max(1, max_rows // max(1, len(images) // CHUNK + 1))
     g = torch.Generator().manual_seed(0)
+    amax: dict[str, torch.Tensor] = {}
 
     def keep(i):
         def hook(_m, _i, out):
@@ -95,17 +125,26 @@ def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max
             rows.setdefault(i, []).append(flat[idx].clone())
         return hook
 
-    hooks = [n.register_forward_hook(keep(i)) for i, (n, _) in enumerate(norms)]
+    def peak(name):
+        def hook(_m, _i, out):
+            a = out.detach().reshape(-1, out.shape[-1]).abs().amax(0)
+            amax[name] = torch.maximum(amax[name], a) if name in amax else a
+        return hook
+
+    def reduce(i):
+        ranges[i] = channel_ranges(torch.cat(rows.pop(i)), pc.clip, pc.percentile)
+
+    hooks = [m.register_forward_hook(keep(i)) for i, (m, _) in enumerate(norms)]
+    hooks += [model.get_submodule(p).register_forward_hook(peak(p)) for p in amax_of]
     try:
-        _run(model, images)
+        _blockwise(model, images, lambda b: (reduce(b), reduce(n + b)), final_norm=len(norms) > 2 * n)
     finally:
         for h in hooks:
             h.remove()
-    stats = []
-    for i, (norm, consumers) in enumerate(norms):
-        lo, hi = channel_ranges(torch.cat(rows[i]), pc.clip, pc.percentile)
-        stats.append(reparameterize(norm, consumers, lo, hi, pc.migration))
-    return stats
+    if len(norms) > 2 * n:
+        reduce(2 * n)
+    stats = [reparameterize(norm, consumers, *ranges[i], pc.migration) for i, (norm, consumers) in enumerate(norms)]
+    return stats, amax
 
 
 @torch.no_grad()
@@ -126,7 +165,7 @@ def _output_stats(model, images: torch.Tensor, paths: list[str]) -> tuple[dict, 
 
     hooks = [model.get_submodule(p).register_forward_hook(keep(p)) for p in paths]
     try:
-        _run(model, images)
+        _blockwise(model, images, lambda b: None)
     finally:
         for h in hooks:
             h.remove()
@@ -134,16 +173,18 @@ def _output_stats(model, images: torch.Tensor, paths: list[str]) -> tuple[dict, 
 
 
 @torch.no_grad()
-def balance_attention(model, images: torch.Tensor, cfg: QuantizeConfig) -> list[dict]:
+def balance_attention(model, images: torch.Tensor, cfg: QuantizeConfig, amax: dict | None = None) -> list[dict]:
     """Exact rescalings inside attention: v against proj (always: it flattens proj's input); when the
-    attention matmuls are quantized, k is centred (softmax ignores it) and q balanced against k."""
+    attention matmuls are quantized, k is centred (softmax ignores it) and q balanced against k.
+    ``amax``: v's per-channel max |y|, already measured (then no forward runs here)."""
     n = len(model.blocks)
     stats = [{"block": i} for i in range(n)]
     if cfg.attention.quantize:
         _, mean = _output_stats(model, images, [f"blocks.{i}.attn.k" for i in range(n)])
         for i, blk in enumerate(model.blocks):
             stats[i]["k_centre"] = centre_k(blk.attn, mean[f"blocks.{i}.attn.k"])
-    amax, _ = _output_stats(model, images, [f"blocks.{i}.attn.{x}" for i in range(n) for x in "qkv"])
+    if amax is None:
+        amax, _ = _output_stats(model, images, [f"blocks.{i}.attn.{x}" for i in range(n) for x in "qkv"])
     for i, blk in enumerate(model.blocks):
         a = lambda x: amax[f"blocks.{i}.attn.{x}"]  # noqa: E731
         stats[i]["v_proj"] = balance_v_proj(blk.attn, a("v"), cfg.reparam.migration)
@@ -154,11 +195,16 @@ def balance_attention(model, images: torch.Tensor, cfg: QuantizeConfig) -> list[
 
 def reparameterize_model(model, images: torch.Tensor, cfg: QuantizeConfig) -> dict:
     """All exact rescalings the config asks for (none for weight-only quantization)."""
-    out = {}
+    out, amax = {}, None
     if cfg.activations.bits and cfg.reparam.post_layernorm:
-        out["post_layernorm"] = reparameterize_post_ln(model, images, cfg)
+        # v's output is the same function after the post-LN folding (exact in real arithmetic), so when only v
+        # is balanced its range comes from this forward instead of a second one
+        fused = cfg.reparam.attention and not cfg.attention.quantize
+        paths = tuple(f"blocks.{i}.attn.v" for i in range(len(model.blocks))) if fused else ()
+        out["post_layernorm"], amax = reparameterize_post_ln(model, images, cfg, amax_of=paths)
+        amax = amax or None
     if cfg.activations.bits and cfg.reparam.attention:
-        out["attention"] = balance_attention(model, images, cfg)
+        out["attention"] = balance_attention(model, images, cfg, amax)
     return out
 
 
@@ -218,6 +264,12 @@ def set_enabled(mod: nn.Module, on: bool) -> None:
             q.quant_enabled = on
 
 
+def _canonical(blk: nn.Module) -> bool:
+    """A block whose forward is exactly ``Block.forward`` over ``Attention`` and ``Mlp`` (what ``_staged``
+    recomputes piece by piece)."""
+    return type(blk) is Block and type(blk.attn) is Attention and type(blk.mlp) is Mlp
+
+
 class _Stop(Exception):
     """Raised by a capture hook: the rest of the block's forward is not needed."""
 
@@ -248,9 +300,15 @@ class Calibrator:
             pe.weight.copy_(wq)
             set_enabled(pe, True)
         x_q = _run(model.embed, self.images)
-        x_fp = _run(self.reference.embed, self.images) if self.reference is not None else None
+        # the float model's activations are only the reconstruction's target
+        x_fp = (_run(self.reference.embed, self.images) if self.reference is not None and self.reconstruct is not None
+                else None)
         for i, blk in ui.progress(enumerate(model.blocks), total=len(model.blocks), desc="calibrating blocks",
                                   unit="block"):
+            if self.reconstruct is None and _canonical(blk):
+                x_q = self._staged(f"blocks.{i}", blk, x_q)
+                ui.info(f"    block {i}: calibrated ({time.time() - t0:.0f}s)")
+                continue
             for group in _groups(self.cfg.attention.quantize):
                 self._calibrate_group(f"blocks.{i}", blk, group, x_q)
             if self.reconstruct is not None and x_fp is not None:
@@ -258,25 +316,46 @@ class Calibrator:
                 with torch.enable_grad():
                     self.reconstruct(i, blk, x_q, y_fp)
                 x_fp = y_fp
-            elif x_fp is not None:
-                x_fp = _run(self.reference.blocks[i], x_fp)
             x_q = _run(blk, x_q)
             ui.info(f"    block {i}: calibrated ({time.time() - t0:.0f}s)")
         return {"layer_error": self.layer_error, "activation_error": self.act_error, "seconds": time.time() - t0}
 
-    def _capture(self, blk: nn.Module, mods: dict[str, nn.Module], x: torch.Tensor) -> dict[str, list]:
-        """Inputs of ``mods`` while the block runs on ``x``; the forward stops once all are seen."""
-        got: dict[str, list] = {n: [] for n in mods}
-        last = list(mods)[-1]
+    def _staged(self, prefix: str, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        """Calibrate a canonical block with one forward in all: each group's input is computed once from the
+        previous stage's (the same ops on the same chunks as ``Block.forward``, so the same values), instead
+        of re-running the block from its input for every group. Returns the quantized block's output."""
+        att = self.cfg.attention.quantize
+        self._calibrate_group(prefix, blk, ("attn.q", "attn.k", "attn.v"), x, given=_run(blk.norm1, x))
+        for group in _groups(att)[1:-3]:  # the attention matmuls, when quantized
+            self._calibrate_group(prefix, blk, group, x)
+        z = self._capture(blk, {"attn.proj": blk.attn.proj}, x)["attn.proj"][0]  # runs the attention
+        self._calibrate_group(prefix, blk, ("attn.proj",), x, given=z)
+        h = torch.cat([xc + blk.ls1(blk.attn.proj(zc)) for xc, zc in zip(_chunks(x), _chunks(z))])
+        del z
+        u = _run(blk.norm2, h)
+        self._calibrate_group(prefix, blk, ("mlp.fc1",), x, given=u)
+        a = _run(lambda uc: blk.mlp.act(blk.mlp.fc1(uc)), u)
+        del u
+        self._calibrate_group(prefix, blk, ("mlp.fc2",), x, given=a)
+        return torch.cat([hc + blk.ls2(blk.mlp.fc2(ac)) for hc, ac in zip(_chunks(h), _chunks(a))])
 
-        def hook(n):
+    def _capture(self, blk: nn.Module, mods: dict[str, nn.Module], x: torch.Tensor) -> dict[str, list]:
+        """Inputs of ``mods`` while the block runs on ``x``; the forward stops once all are seen. Each input
+        is written into one preallocated tensor (no per-chunk copies to concatenate)."""
+        got: dict[str, list] = {}
+        last, n, at = list(mods)[-1], len(x), [0]
+
+        def hook(name):
             def fn(_m, args):
-                got[n].append(tuple(a.detach() for a in args))
-                if n == last:
+                if name not in got:
+                    got[name] = [torch.empty((n,) + a.shape[1:], dtype=a.dtype) for a in args]
+                for buf, a in zip(got[name], args):
+                    buf[at[0]:at[0] + len(a)].copy_(a.detach())
+                if name == last:
                     raise _Stop
             return fn
 
-        hooks = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+        hooks = [m.register_forward_pre_hook(hook(name)) for name, m in mods.items()]
         try:
             with torch.no_grad():
                 for xc in _chunks(x):
@@ -284,17 +363,24 @@ class Calibrator:
                         blk(xc)
                     except _Stop:
                         pass
+                    at[0] += len(xc)
         finally:
             for h in hooks:
                 h.remove()
-        return {n: [torch.cat([a[j] for a in v]) for j in range(len(v[0]))] for n, v in got.items()}
+        return got
 
-    def _calibrate_group(self, prefix: str, blk: nn.Module, group: tuple[str, ...], x: torch.Tensor) -> None:
+    def _calibrate_group(self, prefix: str, blk: nn.Module, group: tuple[str, ...], x: torch.Tensor,
+                         given: torch.Tensor | None = None) -> None:
         mods = {n: blk.get_submodule(n) for n in group}
         mods = {n: m for n, m in mods.items() if isinstance(m, (QuantLinear, QuantMatMul))}
         if not mods:
             return
-        inputs = self._capture(blk, mods, x)
+        first_name = next(iter(mods))
+        if given is not None:  # the group's input, computed by the caller
+            inputs = {first_name: [given]}
+        else:  # linears of one group read one tensor: capturing the first is enough
+            inputs = self._capture(blk, mods if isinstance(mods[first_name], QuantMatMul) else
+                                   {first_name: mods[first_name]}, x)
         acfg = self.cfg.activations
         first = next(iter(mods.values()))
         if isinstance(first, QuantMatMul):
@@ -306,7 +392,7 @@ class Calibrator:
                 set_enabled(m, True)
             return
         # linears of one group share their input (q, k, v read the same LayerNorm output)
-        xin = inputs[group[0]][0] if group[0] in inputs else next(iter(inputs.values()))[0]
+        xin = inputs[first_name][0]
         aq = first.input_quant
         if aq is not None:
             obj = None
@@ -319,13 +405,13 @@ class Calibrator:
                     m.input_quant.load_state_dict(aq.state_dict())
                     m.input_quant.quant_enabled = True
             aq.quant_enabled = True
-            xin = _run(aq, xin)
         h = None
-        for xc in _chunks(xin, 4):
-            h = hessian_update(h, xc)
+        for xc in _chunks(xin, 4):  # the Gram matrix of the quantized input, a chunk at a time
+            h = hessian_update(h, xc if aq is None else aq(xc))
         h = h / max(1, xin[..., 0].numel())
+        errs = quantize_weights(list(mods.values()), h, self.cfg)
         for n, m in mods.items():
-            self.layer_error[f"{prefix}.{n}"] = quantize_weight(m, h, self.cfg)
+            self.layer_error[f"{prefix}.{n}"] = errs[id(m)]
 
 
     def _fit(self, q, x: torch.Tensor, objective=None) -> float:
@@ -344,21 +430,24 @@ class Calibrator:
         return lambda fq: (a2 @ (fq(b2) - b2)).pow(2).sum().item()
 
 
-def quantize_weight(lin: QuantLinear, h: torch.Tensor | None, cfg: QuantizeConfig) -> float | None:
-    """Fit the weight quantizer's scales, round the weight (GPTQ or nearest), store it on the grid."""
-    q: UniformQuantizer = lin.weight_quant
-    if q is None:
-        return None
-    w = lin.weight.detach()
-    fit_weight(q, w, cfg.weights.calibration)
-    if cfg.weights.rounding == "gptq" and h is not None:
-        wq = gptq(w, h, q, cfg.weights.damp)
+def quantize_weights(mods: list[QuantLinear], h: torch.Tensor | None, cfg: QuantizeConfig) -> dict[int, float | None]:
+    """Fit each weight quantizer's scales, round the weights (GPTQ, all of them against one factorisation of
+    their shared input Hessian, or nearest), store them on the grid; returns id(module) -> output error."""
+    errs: dict[int, float | None] = {id(m): None for m in mods}
+    lins = [m for m in mods if m.weight_quant is not None]
+    ws = [m.weight.detach() for m in lins]
+    for m, w in zip(lins, ws):
+        fit_weight(m.weight_quant, w, cfg.weights.calibration)
+    qs = [m.weight_quant for m in lins]
+    if cfg.weights.rounding == "gptq" and h is not None and lins:
+        wqs = gptq_many(ws, factor(h, cfg.weights.damp), qs)
     else:
-        wq = q.fake(w)
-    err = output_error(w, wq, h) if h is not None else None
-    lin.weight.data.copy_(wq)
-    q.quant_enabled = True
-    return err
+        wqs = [q.fake(w) for w, q in zip(ws, qs)]
+    for m, w, wq in zip(lins, ws, wqs):
+        errs[id(m)] = output_error(w, wq, h) if h is not None else None
+        m.weight.data.copy_(wq)
+        m.weight_quant.quant_enabled = True
+    return errs
 
 
 def quantize(model, cfg: QuantizeConfig, images: torch.Tensor, bits: dict[str, int] | None = None,

@@ -59,8 +59,8 @@ class QuantizePass(Pass):
 
             with measure() as phases["mixed"]:
                 bits, record["mixed"] = allocate_widths(model, images, cfg, relevance)
-        reference = copy.deepcopy(model).eval()
         recon = BlockReconstructor(cfg.reconstruction, len(model.blocks)) if cfg.reconstruction.enabled else None
+        reference = copy.deepcopy(model).eval() if recon is not None else None  # the reconstruction's target
         with measure() as phases["calibrate"]:
             out = ptq.quantize(model, cfg, images, bits, reference=reference, reconstruct=recon)
         del reference

@@ -128,3 +128,43 @@ def test_symmetric_weight_search_equals_set_range_and_fake(gran, bits):
         best_err = torch.minimum(err, best_err)
     ref.set_range((lo * best).reshape(shape), (hi * best).reshape(shape))
     assert torch.equal(fast.scale, ref.scale)
+
+
+def _reference_post_ln(model, images, cfg, max_rows):
+    """Post-LN folding from one whole-model forward, every norm's rows held to the end (the reference)."""
+    from compress.passes.quantize.reparam import reparameterize
+
+    n = len(model.blocks)
+    norms = [(b.norm1, [b.attn.q, b.attn.k, b.attn.v]) for b in model.blocks] + [(b.norm2, [b.mlp.fc1])
+                                                                                  for b in model.blocks]
+    per_batch = max(1, max_rows // max(1, len(images) // ptq.CHUNK + 1))
+    g, rows = torch.Generator().manual_seed(0), {}
+
+    def keep(i):
+        def hook(_m, _i, out):
+            flat = out.reshape(-1, out.shape[-1])
+            rows.setdefault(i, []).append(flat[torch.randperm(flat.shape[0], generator=g)[:per_batch]].clone())
+        return hook
+
+    hooks = [m.register_forward_hook(keep(i)) for i, (m, _) in enumerate(norms)]
+    with torch.no_grad():
+        for x in images.split(ptq.CHUNK):
+            model(x)
+    for h in hooks:
+        h.remove()
+    for i, (norm, consumers) in enumerate(norms):
+        lo, hi = calibrate.channel_ranges(torch.cat(rows[i]), cfg.reparam.clip, cfg.reparam.percentile)
+        reparameterize(norm, consumers, lo, hi, cfg.reparam.migration)
+    assert len(rows) == 2 * n
+
+
+def test_streamed_post_ln_folding_equals_the_whole_model_forward():
+    torch.manual_seed(4)
+    base = build(tiny_config(embed_dim=64, depth=3, num_heads=2)).eval()
+    x = torch.randn(37, 3, 32, 32)
+    cfg = QuantizeConfig()
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    _reference_post_ln(a, x, cfg, max_rows=300)
+    ptq.reparameterize_post_ln(b, x, cfg, max_rows=300)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -117,11 +117,24 @@ def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max
     per_batch = max(1, max_rows // max(1, len(images) // CHUNK + 1))
     g = torch.Generator().manual_seed(0)
     amax: dict[str, torch.Tensor] = {}
+    # the rows kept of each chunk, drawn in the order a whole-model forward meets the norms (chunk by chunk,
+    # then norm by norm), so streaming block by block keeps the same rows
+    final = len(norms) > 2 * n
+    order = [j for b in range(n) for j in (b, n + b)] + ([2 * n] if final else [])
+    draws: dict[tuple[int, int], torch.Tensor] = {}
+    for c, xc in enumerate(_chunks(images)):
+        for j in order:
+            count = len(xc) * (1 if j == 2 * n and model.cfg.fc_norm else model.cfg.num_tokens)
+            draws[j, c] = torch.randperm(count, generator=g)[:per_batch]
+    seen = [0] * len(norms)
 
     def keep(i):
         def hook(_m, _i, out):
             flat = out.reshape(-1, out.shape[-1])
-            idx = torch.randperm(flat.shape[0], generator=g)[:per_batch]
+            idx = draws.pop((i, seen[i]), None)
+            if idx is None or len(idx) != min(per_batch, flat.shape[0]):  # an unexpected token count
+                idx = torch.randperm(flat.shape[0], generator=g)[:per_batch]
+            seen[i] += 1
             rows.setdefault(i, []).append(flat[idx].clone())
         return hook
 
@@ -137,11 +150,11 @@ def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max
     hooks = [m.register_forward_hook(keep(i)) for i, (m, _) in enumerate(norms)]
     hooks += [model.get_submodule(p).register_forward_hook(peak(p)) for p in amax_of]
     try:
-        _blockwise(model, images, lambda b: (reduce(b), reduce(n + b)), final_norm=len(norms) > 2 * n)
+        _blockwise(model, images, lambda b: (reduce(b), reduce(n + b)), final_norm=final)
     finally:
         for h in hooks:
             h.remove()
-    if len(norms) > 2 * n:
+    if final:
         reduce(2 * n)
     stats = [reparameterize(norm, consumers, *ranges[i], pc.migration) for i, (norm, consumers) in enumerate(norms)]
     return stats, amax

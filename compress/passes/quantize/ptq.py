@@ -8,6 +8,11 @@
    activations: per group of ops, capture inputs, fit the input quantizer, then round the weights
    (GPTQ on the Gram matrix of the quantized inputs, or nearest) and switch both on. Optionally each
    block is then reconstructed against the float model's block output.
+
+Lean by construction (issue 22): activations of all images are held for one block at a time; without
+reconstruction a canonical block's group inputs are computed stage by stage from the previous stage's
+(``Calibrator._staged``: one forward per block, the same values as re-running the block per group), and
+every statistic that needs all tokens (post-LN ranges, Hessians) is reduced as soon as its block has run.
 """
 from __future__ import annotations
 

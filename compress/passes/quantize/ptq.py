@@ -126,18 +126,18 @@ def reparameterize_post_ln(model, images: torch.Tensor, cfg: QuantizeConfig, max
     # then norm by norm), so streaming block by block keeps the same rows
     final = len(norms) > 2 * n
     order = [j for b in range(n) for j in (b, n + b)] + ([2 * n] if final else [])
-    draws: dict[tuple[int, int], torch.Tensor] = {}
+    draws: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
     for c, xc in enumerate(_chunks(images)):
         for j in order:
             count = len(xc) * (1 if j == 2 * n and model.cfg.fc_norm else model.cfg.num_tokens)
-            draws[j, c] = torch.randperm(count, generator=g)[:per_batch]
+            draws[j, c] = (count, torch.randperm(count, generator=g)[:per_batch])
     seen = [0] * len(norms)
 
     def keep(i):
         def hook(_m, _i, out):
             flat = out.reshape(-1, out.shape[-1])
-            idx = draws.pop((i, seen[i]), None)
-            if idx is None or len(idx) != min(per_batch, flat.shape[0]):  # an unexpected token count
+            count, idx = draws.pop((i, seen[i]), (None, None))
+            if count != flat.shape[0]:  # not the token count foreseen: a fresh draw (still reproducible)
                 idx = torch.randperm(flat.shape[0], generator=g)[:per_batch]
             seen[i] += 1
             rows.setdefault(i, []).append(flat[idx].clone())

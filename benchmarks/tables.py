@@ -498,6 +498,40 @@ def kernels_accuracy(R: Results) -> list[str]:
             "`commands` in the file):"), ""] + sources(R)
 
 
+INT_LABELS = {"w8a8-float-ops": "W8A8, float softmax / GELU (the comparison)",
+              "w8a8-int-ops": "W8A8, integer softmax + GELU (`kernels: {softmax: int, gelu: int}`)",
+              "w8a8-float-ops~jitter": "W8A8 float ops, input + 1e-6 noise (the floor)",
+              "w8a8>poly2": "W8A8, then softmax poly2 swapped in", "w8a8>lut": "W8A8, then GELU relu-lut swapped in"}
+
+
+def kernels_int(R: Results) -> list[str]:
+    k = R.get("kernels_int.json", optional=True)
+    if not k:
+        return ["Not measured yet (`benchmarks/results/kernels_int.json` is absent).", ""]
+    rows = []
+    base = next(v["top1"] for v in k["variants"] if v["variant"] == "w8a8-float-ops")
+    for v in k["variants"]:
+        tgt = v.get("restated_target")
+        rows.append([INT_LABELS.get(v["variant"], v["variant"]), f(v["top1"]),
+                     NA if v["variant"] == "w8a8-float-ops" else pm(v["top1"] - base),
+                     f(v["agreement"], "{:.2f}"), f(v["agreement_vs_int8_exact"], "{:.2f}"),
+                     NA if not tgt else f"{'met' if tgt['met'] else 'not met'} (>= {tgt['min_agreement']:.2f}, |Δ| <= "
+                                        f"{tgt['max_abs_top1_change']})"])
+    c, lat = k["code_equality"], k["ort_latency_cpu_ms"]
+    t = k.get("targets_int") or {}
+    out = table(["variant", "top-1 %", "Δ vs float ops", "agreement vs fp32 %", "agreement vs W8A8 float ops %",
+                 "restated INT8 target"], rows)
+    out += ["", (f"{k['test_images']:,} test images, fp32 top-1 {k['reference_top1']:.2f}%. Integer kernel codes, ONNX "
+                 f"Runtime vs the PyTorch reference on ONNX Runtime's input codes: {c['codes']:,} compared on "
+                 f"{k['verify_images']} images, {c['kernel_mismatches']:,} differ. Latency (ONNX Runtime, batch 1, 1 "
+                 f"thread, process CPU time, interleaved): float ops {lat['w8a8-float-ops']:.1f} ms, integer ops "
+                 f"{lat['w8a8-int-ops']:.1f} ms, {k['latency_ratio_int_vs_float']:.2f}x."), ""]
+    if t:
+        out += ["Targets for the integer ops: " + "; ".join(f"{n}: {'met' if ok else '**not met**'}" for n, ok in t.items())
+                + ".", ""]
+    return out + ["Source:", ""] + sources(R, ["kernels_int.json"])
+
+
 def kernels_gpu(R: Results) -> list[str]:
     g = R.get("kernels_gpu_h200.json")
     rows = [[v["op"], v["backend"], v["dtype"], "x".join(map(str, v["shape"])) if v.get("shape") else NA, v["measured"],
@@ -675,6 +709,7 @@ TABLES = {
     "kernels-errors": kernels_errors,
     "kernels-accuracy": kernels_accuracy,
     "kernels-gpu": kernels_gpu,
+    "kernels-int": kernels_int,
     "targets-dinov2": lambda R: targets_model(R, 1),
     "targets-deit": lambda R: targets_model(R, 0),
     "targets-verdict": targets_verdict,

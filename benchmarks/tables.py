@@ -515,8 +515,8 @@ def kernels_int(R: Results) -> list[str]:
         rows.append([INT_LABELS.get(v["variant"], v["variant"]), f(v["top1"]),
                      NA if v["variant"] == "w8a8-float-ops" else pm(v["top1"] - base),
                      f(v["agreement"], "{:.2f}"), f(v["agreement_vs_int8_exact"], "{:.2f}"),
-                     NA if not tgt else f"{'met' if tgt['met'] else 'not met'} (>= {tgt['min_agreement']:.2f}, |Δ| <= "
-                                        f"{tgt['max_abs_top1_change']})"])
+                     NA if not tgt else f"{'met' if tgt['met'] else 'not met'} (>= {tgt['min_agreement']:.2f}, top-1 change within "
+                                        f"{tgt['max_abs_top1_change']} pt)"])
     c, lat = k["code_equality"], k["ort_latency_cpu_ms"]
     t = k.get("targets_int") or {}
     out = table(["variant", "top-1 %", "Δ vs float ops", "agreement vs fp32 %", "agreement vs W8A8 float ops %",

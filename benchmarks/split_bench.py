@@ -64,7 +64,8 @@ def run_variant(name: str, sets: dict, out: Path, smoke: bool) -> Path:
     print(f"{name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     r = subprocess.run(["/usr/bin/time", "-v", "-o", str(time_log), *cmd], cwd=REPO, check=False)
     if r.returncode != 0:
-        raise SystemExit(f"{name}: the recipe run failed (exit {r.returncode}); see {folder}")
+        print(f"error: {name}: the recipe run failed (exit {r.returncode}); see {folder}", file=sys.stderr)
+        raise SystemExit(r.returncode)
     return folder
 
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         names = names if args.only != ",".join(VARIANTS) else ["k2", "uniform-k2"]
     bad = [n for n in names if n not in VARIANTS]
     if bad:
-        raise SystemExit(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
+        ap.error(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")  # one line, exit 2
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     res_path = args.out / "split.json"

@@ -260,6 +260,21 @@ def test_pass_progressive_manual_stages_from_a_recipe(tmp_path, image_folder):
     assert "stage 2: target 0.5" in (run / "report.md").read_text()
     work = run / rec["work"]
     assert (work / "stage-02/final/config.json").is_file() and any((work / "teacher").glob("*.safetensors"))
+    _text_tower_artifact_matches(run, student)
+
+
+def _text_tower_artifact_matches(run, student):
+    """The exporters emit both towers: the text tower's ONNX, verified, computes the student's text embeddings."""
+    import onnxruntime as ort
+
+    art = next(a for a in json.loads((run / "export.json").read_text())["artifacts"] if a["name"] == "text-tower-fp32")
+    assert art["inputs"] == "text" and art["verification"]["passed"] and not art["evaluate"]
+    tok = student.tokenize(["a photo of a cat.", "a very blurry black and white photo of the big ship."])
+    sess = ort.InferenceSession(str(run / art["path"]), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: tok[i.name].long().numpy() for i in sess.get_inputs()})[0]
+    with torch.no_grad():
+        want = student.encode_text(tok, normalize=False)
+    assert torch.allclose(torch.from_numpy(got), want, atol=1e-4)
 
 
 def _tiny_cls_mean_clip() -> clip.CLIPModel:
@@ -364,3 +379,37 @@ def test_lit_teacher_is_the_cached_build_and_must_fit_the_tower(tmp_path, image_
     rc = _run(tmp_path, image_folder, "{mode: manual}", "passes.distill.teacher=lit", out="run-token")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "lit distils into the LiT teacher's own image tower family" in err[-1]
+
+
+def test_random_init_keeps_the_inherited_structure_and_replaces_every_weight(tmp_path, image_folder):
+    """The baseline TinyCLIP measures inheritance against: the same sub-network, freshly initialised."""
+    from compress.pipeline.checkpoint import load_checkpoint
+
+    clip.save_dir(_tiny_cls_mean_clip(), tmp_path / "lit")
+    towers = {}
+    for init in ("inherit", "random"):
+        assert _run(tmp_path, image_folder, "{mode: manual, saliency_images: 8, widths: [embed, mlp]}",
+                    "passes.distill.stages=[{params: 0.6}]", "passes.distill.steps=0",
+                    f"passes.distill.inheritance.init={init}", model=tmp_path / "lit", out=init) == 0
+        towers[init] = load_checkpoint(tmp_path / init / "passes/01-distill")[0].model
+    a, b = (towers[k].state_dict() for k in ("inherit", "random"))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)  # embed-pruned, width restored
+    assert all(not torch.equal(a[k], b[k]) for k in a if a[k].numel() > 1 and a[k].float().std() > 0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert towers["random"](x).shape == towers["inherit"](x).shape
+
+
+def test_distill_bench_variants_parse_and_a_bad_one_exits_2(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill_bench", Path(__file__).parents[1] / "benchmarks/distill_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    v = bench.parse_variant("random-feature@0.75+0.5/int8")
+    assert (v["init"], v["loss"], v["stages"], v["int8"], v["base"]) == ("random", "feature", [0.75, 0.5], True,
+                                                                         "random-feature@0.75+0.5")
+    for bad in ("inherit-affinity", "warm-affinity@0.5", "inherit-kl@0.5", "inherit-affinity@x", "inherit-affinity@0.5/int4"):
+        assert bench.main(["--only", bad, "--out", "/nonexistent/never-written"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not <inherit|random>" in err[0]

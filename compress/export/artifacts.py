@@ -37,6 +37,7 @@ class Artifact:
     sha256: str | None = None
     evaluate: bool = True  # run accuracy/latency on it here
     check: dict | None = None  # a target's targets_check result (speed-up over its baseline)
+    inputs: str = "images"  # what the artifact takes: images, or text (a CLIP text tower)
 
     def to_dict(self) -> dict:
         return asdict(self)

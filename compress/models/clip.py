@@ -204,7 +204,10 @@ class CLIPModel(nn.Module):
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled image-tower output the visual projection reads [B, image_width]."""
-        out = self.visual(x)
+        return self.pool(self.visual(x))
+
+    def pool(self, out: torch.Tensor) -> torch.Tensor:
+        """The image tower's output (tokens, or a pooled vector) as the visual projection reads it."""
         if self.cfg.image_pool == "cls_mean":
             return pooled(out, self.cfg.vision.num_prefix_tokens)
         return out if out.ndim == 2 else out[:, 0]

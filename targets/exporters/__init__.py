@@ -51,7 +51,7 @@ def onnx_graphs(req: ExportRequest, runtime: str = "onnxruntime") -> list[tuple[
     precision, preferring those made for ``runtime`` (the quantize pass writes a TensorRT-flavoured Q/DQ
     graph beside the ONNX Runtime one)."""
     cands = [a for a in req.artifacts if a.format == "onnx" and a.runtime in ("onnxruntime", "tensorrt")
-             and a.name != "baseline-fp32" and not a.target]
+             and a.name != "baseline-fp32" and not a.target and a.inputs == "images"]
     mine = {art_precision(a) for a in cands if a.runtime == runtime}
     keep = [a for a in cands if a.runtime == runtime or art_precision(a) not in mine]
     keep.sort(key=lambda a: art_precision(a) != "fp32")

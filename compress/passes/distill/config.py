@@ -30,6 +30,9 @@ class LayerSpec(Strict):
 
 class Inheritance(Strict):
     mode: Literal["manual", "auto"] = "manual"
+    # inherit: the student keeps the teacher's weights; random: the same sub-network freshly initialised (the
+    # baseline TinyCLIP measures inheritance against)
+    init: Literal["inherit", "random"] = "inherit"
     # manual: layers by index ([0, 2, 4]) or by importance ({keep: N}); widths by Hessian saliency
     layers: list[int] | LayerSpec | None = Field(None, description="stage 1's layers (later stages keep theirs)")
     widths: list[Width] = Field(default_factory=lambda: ["heads", "mlp", "embed"], min_length=1)

@@ -40,6 +40,7 @@ from ...pruning.select import Limits
 from ...utils.fingerprint import model_fingerprint
 from ...utils.io import sha256_json, write_json
 from .config import DistillConfig, LayerSpec
+from .export import export_student_text
 from .report import section as distill_section
 from .student import load_tower, save_tower
 from .worker import run_job
@@ -71,6 +72,7 @@ class DistillPass(Pass):
     summary = "TinyCLIP: affinity mimicking, weight inheritance, progressive multi-stage compression of a CLIP tower"
     forbid_after = {"quantize": "distillation trains float weights"}
     report_section = staticmethod(distill_section)
+    exporter = staticmethod(export_student_text)
 
     # -- the teacher and its cached outputs ------------------------------------------------------------------
     def _teacher(self, state, ctx) -> clip_models.CLIPModel:
@@ -162,6 +164,9 @@ class DistillPass(Pass):
                 keep, info = self._auto(i, st, sd, params0, target, lim, base)
                 parent, _ = load_tower(sd / "masked")
             inherited = inherit.inherit(parent, keep)
+            if inh.init == "random":
+                _reinit(inherited, c.seed + i)
+                info = info | {"init": "random"}
             save_tower(sd / "inherited", inherited, inheritance=info)
         steps = st.steps if st.steps is not None else c.steps
         job = base | {"init": str(sd / "inherited"), "ckpt": str(sd / "train.pt"), "out": str(sd / "final"),
@@ -251,6 +256,17 @@ class DistillPass(Pass):
     @classmethod
     def rebuild(cls, model, record):
         remove.rebuild(model, record)
+
+
+def _reinit(model, seed: int) -> None:
+    """Every weight of ``model`` freshly initialised, its structure kept (the random-initialisation baseline)."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(getattr(m, "gamma", None), torch.nn.Parameter):  # LayerScale
+            torch.nn.init.constant_(m.gamma, 1e-5)
+    model.reset_parameters()  # the ViT's own init: truncated normal linears, position embedding, tokens
 
 
 def _widths(cfg) -> dict:

@@ -56,6 +56,8 @@ def test_inheritance_equals_masked_teacher(kind):
     assert [b.num_heads for b in student.cfg.blocks] == [1] and [b.mlp_dim for b in student.cfg.blocks] == [43]
     for m in (tower, student):  # the analytic parameter count the budgets use is the real one
         assert inherit.ParamCount(m).model(m.cfg) == inherit.tower_params(m)
+    # and the parent's count predicts the student's, the WidthRestore lift of a headless tower included
+    assert inherit.ParamCount(tower).model(student.cfg) == inherit.tower_params(student)
 
 
 def test_manual_inheritance_by_hessian_saliency_meets_its_target():

@@ -51,12 +51,18 @@ class ParamCount:
     def __init__(self, model):
         self.cfg, self.out = model.cfg, remove.output_width(model)
         self.head = model.head.out_features if isinstance(model.head, torch.nn.Linear) else 0
+        # an encoder keeps its output width: removing any embedding channel adds the WidthRestore lift
+        self.restore = model.cfg.embed_dim if self.out is None and remove.needs_restore(model, None) else None
+
+    def out_at(self, D) -> int | None:
+        """The output width the tower lifts to at embedding width ``D`` (None: no lift)."""
+        return self.out or (self.restore if self.restore and float(D) < self.restore else None)
 
     def block(self, D, h, qk, v, m) -> float:
         return float(block_params(self.cfg, D, h, qk, v, m)) if h and m else float(4 * D)
 
     def total(self, D, blocks) -> float:
-        return float(stem_params(self.cfg, D, self.out, self.head)) + sum(self.block(D, *b) for b in blocks)
+        return float(stem_params(self.cfg, D, self.out_at(D), self.head)) + sum(self.block(D, *b) for b in blocks)
 
     def model(self, cfg) -> float:
         return self.total(cfg.embed_dim, [(b.num_heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks])
@@ -66,7 +72,7 @@ def expected_params(model, probs: dict):
     """The tower's expected parameter count under masks whose units are kept with probabilities ``probs``."""
     cfg, pc = model.cfg, ParamCount(model)
     D = probs["embed"].sum() if "embed" in probs else cfg.embed_dim
-    total = stem_params(cfg, D, pc.out, pc.head)
+    total = stem_params(cfg, D, pc.out_at(D), pc.head)
     for i, b in enumerate(cfg.blocks):
         h = probs["heads"][i].sum() if "heads" in probs else b.num_heads
         m = probs["mlp"][i].sum() if "mlp" in probs else b.mlp_dim

@@ -71,7 +71,7 @@ def run_variant(name: str, out: Path, extra: list[str]) -> dict:
     return {"variant": name, **v, "run_dir": str(dest), "seconds": time.time() - t0,
             "distill": {"cpu_seconds": rec["resources"]["cpu_s"], "wall_seconds": rec["resources"]["wall_s"],
                         "peak_rss_mb": rec["resources"]["peak_rss_mb"], "params_original": rec["params_original"],
-                        "student_clip": rec["student_clip"],
+                        "student_clip": rec["student_clip"], "teacher_cache": rec.get("teacher_cache"),
                         "stages": [{"target": s["target"], "params": s["params"], "ratio": s["ratio"],
                                     "widths": s["widths"], "train_cpu_seconds": s["train"].get("cpu_seconds"),
                                     "loss_start": s["train"].get("loss_start"), "loss_end": s["train"].get("loss_end"),

@@ -102,9 +102,12 @@ class DistillPass(Pass):
         images_fn = lambda idx: torch.stack([ds[i][0] for i in idx])  # noqa: E731
         key = sha256_json([model_fingerprint(teacher), ctx.recipe.data.path, c.split, c.images, c.seed])[:16]
         cache = work / "teacher" / f"{key}.safetensors"
-        if not cache.is_file():
+        cache_rec = {"path": str(cache.relative_to(ctx.run_dir)), "built_now": not cache.is_file()}
+        if cache_rec["built_now"]:
+            c1 = time.process_time()
             clip_cache.build(teacher, images_fn, [int(y) for y in ds.labels], list(ds.source.classes), cache, c.seed,
                              ctx.recipe.data.batch_size)
+            cache_rec["cpu_seconds"] = time.process_time() - c1
         proj = None
         if teacher.cfg.image_pool != "token":
             from safetensors.torch import save_file
@@ -142,7 +145,7 @@ class DistillPass(Pass):
             clip_models.save_dir(student_clip, clip_dir, distill={"stages": [s["params"] for s in stages]})
         return {"teacher": c.teacher, "params_original": params0, "stages": stages, "work": str(work.relative_to(ctx.run_dir)),
                 "student_clip": str(clip_dir.relative_to(ctx.run_dir)) if clip_dir.is_dir() else None,
-                "output_width": remove.output_width(current), "seconds": time.time() - t0,
+                "output_width": remove.output_width(current), "teacher_cache": cache_rec, "seconds": time.time() - t0,
                 "cpu_seconds": time.process_time() - c0}
 
     # -- one stage: inheritance, then distillation ---------------------------------------------------------------

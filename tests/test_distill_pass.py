@@ -348,6 +348,8 @@ def test_pass_automatic_inheritance_by_masks(tmp_path, image_folder):
     (["passes.distill.stages=[{params: 0.5}, {params: 0.75}]"], None, "smaller than the one it inherits"),
     (["passes.distill.colour=1"], None, "unknown key passes.distill.colour"),
     (["passes.distill.losses={affinity: 0}"], None, "at least one loss"),
+    (["passes.distill.augment={views: 2, scale: [0.9, 0.5]}"], None, "0 < low <= high <= 1"),
+    (["passes.distill.augment.views=0"], None, "views"),
     ([], "timm:test_vit", "needs a CLIP teacher with a text tower"),
 ])
 def test_bad_configs_exit_2_with_one_line(tmp_path, image_folder, capsys, sets, model, says):

@@ -52,6 +52,20 @@ class DDP(Strict):
     backend: Literal["gloo", "nccl"] = "gloo"
 
 
+class Augment(Strict):
+    """Augmented views per training image, each with its own cached teacher outputs (compress.distill.views)."""
+    views: int = Field(1, ge=1, le=64, description="views per image, the unaugmented one included (1: none)")
+    scale: tuple[float, float] = Field((0.5, 1.0), description="area share of the random resized crop")
+    flip: bool = True
+
+    @model_validator(mode="after")
+    def _scale(self):
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.scale {list(self.scale)} must satisfy 0 < low <= high <= 1")
+        return self
+
+
 class Stage(Strict):
     params: float = Field(..., gt=0, le=1, description="image tower's parameters, fraction of the original's")
     steps: int | None = Field(None, ge=0, le=10_000_000, description="distillation steps (default: the pass's)")
@@ -71,6 +85,7 @@ class DistillConfig(PassConfig):
     warmup: float = Field(0.05, ge=0, le=1)
     clip: float = Field(1.0, gt=0)
     images: int = Field(2000, ge=2, le=10_000_000, description="training images from the recipe's data")
+    augment: Augment = Augment()
     split: Literal["train", "test"] = "train"
     seed: int = Field(0, ge=0, lt=2**31)
     save_every: int = Field(50, ge=1, le=10_000_000, description="steps between resumable checkpoints")

@@ -30,6 +30,7 @@ import torch
 
 from ... import ui
 from ...distill import Distiller, clip_cache, teacher_outputs
+from ...distill.views import Views, ViewSpec
 from ...errors import UserError
 from ...models import clip as clip_models
 from ...models.vit import VisionTransformer
@@ -99,13 +100,15 @@ class DistillPass(Pass):
         work = ctx.run_dir / "work" / f"distill-{sha256_json([model_fingerprint(tower), c.model_dump()])[:12]}"
         work.mkdir(parents=True, exist_ok=True)
         ds = ctx.data(c.split, c.images, seed=c.seed, cfg=tower.cfg, role="distill")
-        images_fn = lambda idx: torch.stack([ds[i][0] for i in idx])  # noqa: E731
-        key = sha256_json([model_fingerprint(teacher), ctx.recipe.data.path, c.split, c.images, c.seed])[:16]
+        aug = c.augment
+        samples = Views(ds, ViewSpec(aug.views, tuple(aug.scale), aug.flip, c.seed))
+        key = sha256_json([model_fingerprint(teacher), ctx.recipe.data.path, c.split, c.images, c.seed]
+                          + ([aug.model_dump()] if aug.views > 1 else []))[:16]
         cache = work / "teacher" / f"{key}.safetensors"
         cache_rec = {"path": str(cache.relative_to(ctx.run_dir)), "built_now": not cache.is_file()}
         if cache_rec["built_now"]:
             c1 = time.process_time()
-            clip_cache.build(teacher, images_fn, [int(y) for y in ds.labels], list(ds.source.classes), cache, c.seed,
+            clip_cache.build(teacher, samples.images, samples.labels, list(ds.source.classes), cache, c.seed,
                              ctx.recipe.data.batch_size)
             cache_rec["cpu_seconds"] = time.process_time() - c1
         proj = None
@@ -125,7 +128,7 @@ class DistillPass(Pass):
         del teacher  # the students train on the cached outputs, without the teacher in memory
         params0 = inherit.tower_params(tower)
         data = {"path": ctx.recipe.data.path, "split": c.split, "count": c.images, "seed": c.seed,
-                "vit": tower.cfg.to_dict()}
+                "vit": tower.cfg.to_dict(), "views": aug.model_dump()}
         base = {"cache": str(cache), "proj": str(proj) if proj else None, "pool": pool,
                 "params0": params0, "data": data, "backend": c.ddp.backend, "d0": tower.cfg.embed_dim}
         stages, current = [], tower

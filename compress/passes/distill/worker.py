@@ -17,6 +17,7 @@ import torch
 from ...data import load_subset
 from ...distill import clip_cache
 from ...distill.clip_loop import LoopConfig, train
+from ...distill.views import Views, ViewSpec
 from ...models.checkpoint import load_state_dict
 from ...models.vit import ViTConfig
 from ...pruning.masks import HardConcreteMasks
@@ -34,7 +35,9 @@ def student_of(job: dict) -> ImageStudent:
 def images_of(job: dict):
     d = job["data"]
     ds = load_subset(d["path"], d["split"], d["count"], d["seed"], ViTConfig.from_dict(d["vit"]))
-    return lambda idx: torch.stack([ds[i][0] for i in idx])
+    v = d.get("views") or {}
+    return Views(ds, ViewSpec(v.get("views", 1), tuple(v.get("scale", (0.5, 1.0))), v.get("flip", True),
+                              d["seed"])).images
 
 
 def run_job(job: dict, stop_at: int | None = None) -> dict:

@@ -198,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=None, help="also copy the results here")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="OUT",
+                    help="add the finished, scored runs of other --out folders (run there with the same --test and "
+                         "--seed; nothing is re-run), then write the results")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -232,6 +235,15 @@ def main(argv=None) -> int:
                      "teacher": {"top1": t["top1"], "top1_names_only": t["top1_names_only"], "images": len(labels),
                                  "params": tower_params(teacher.image_tower())},
                      "runs": [r for r in prev.get("runs", []) if r["variant"] not in variants]})
+    for other in args.merge:
+        o = json.loads((Path(other) / "results.json").read_text())
+        if o["teacher"] != _results["teacher"]:
+            print(f"error: {other}/results.json scored another test set (teacher {o['teacher']})", file=sys.stderr)
+            return 2
+        _results["runs"] = [r for r in _results["runs"] if r["variant"] not in {x["variant"] for x in o["runs"]}]
+        _results["runs"] += o["runs"]
+        _results.setdefault("merged", []).append({"from": other, "command": o["command"]})
+    variants = [v for v in variants if v not in {r["variant"] for r in _results["runs"]} or not args.merge]
     for v in variants:
         run = run_variant(v, out, args.set)
         _results["runs"].append(run)

@@ -12,9 +12,9 @@ A variant ``<init>-<loss>@<p1>[+<p2>...][/int8]`` runs ``recipes/tinyclip-distil
 and the single loss ``loss`` (affinity mimicking, or plain feature distillation of the image embeddings).
 Evaluation is off (the pipeline's export and verification stay). Each shipped ONNX artifact of the image tower
 is scored in ONNX Runtime (1 thread): its outputs through the student's visual projection, against the class
-embeddings of the text tower (the teacher's MiniLM-L6, unchanged) run from its shipped ONNX artifact. The training budget is the process CPU time
-of the distill pass (teacher-output cache, inheritance saliency and every stage's training, each reported).
-Runs resume where they stopped. Writes ``<out>/results.json`` (and ``--results``) and prints a table.
+embeddings of the text tower (the teacher's MiniLM-L6, unchanged) run from its shipped ONNX artifact. The training
+budget is the process CPU time of the distill pass (teacher-output cache, inheritance saliency and every stage's
+training, each reported). Runs resume where they stopped. Writes ``<out>/results.json`` (and ``--results``) and prints a table.
 """
 from __future__ import annotations
 

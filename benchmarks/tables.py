@@ -550,8 +550,20 @@ def distill(R: Results) -> list[str]:
     out = table(["variant", "stages (weights kept)", "image-tower weights", "artifact", "zero-shot top-1 %",
                  "of the teacher's", "agreement with teacher %", "distill CPU min (training)"], rows)
     out += ["", f"{t['images']:,} CIFAR-10 test images no pass saw; held-out templates x class names and synonyms; the "
-                "text side is the teacher's MiniLM-L6. Distill CPU: the pass's process CPU time (teacher-output cache, "
-                "inheritance saliency, training); in brackets the training steps alone.", ""]
+                "text side is the teacher's MiniLM-L6. Distill CPU: the pass's process CPU time (inheritance saliency, "
+                "training, and the teacher-output cache where the run built it); in brackets the training steps alone. "
+                + ("Runs without a built cache in their record reused one built beforehand (one teacher forward pass "
+                   "per training image), not counted here." if any(not (r["distill"].get("teacher_cache") or {})
+                                                                    .get("built_now") for r in d["runs"]) else ""), ""]
+    ok = [(100 * a["kept_of_teacher"], r["variant"], r["distill"]["cpu_seconds"] / 60) for r in d["runs"]
+          for a in r["artifacts"] if a.get("kept_of_teacher") is not None and a.get("precision") == "fp32"
+          and r["distill"]["stages"][-1]["ratio"] <= 0.5]
+    if ok:
+        kept, name, cpu = max(ok)
+        met = kept >= 95 and cpu <= 60
+        out += [f"Target (issue 20: at most 50 % of the image tower's weights keeps at least 95 % of the teacher's "
+                f"zero-shot top-1, in at most 60 CPU minutes): {'met' if met else '**not met**'}; best {kept:.1f} % "
+                f"(`{name}`, {cpu:.1f} CPU min).", ""]
     return out + ["Source:", ""] + sources(R, ["distill.json"])
 
 

@@ -96,14 +96,12 @@ def test_set(count: int, seed: int):
 
 def onnx_outputs(path: Path, ds, pool, batch: int = 32):
     import numpy as np
-    import onnxruntime as ort
     import torch
 
     from compress import ui
+    from compress.runtime import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, 1)
     name = sess.get_inputs()[0].name
     outs, bar = [], ui.bar(total=len(ds), desc=f"ONNX Runtime {path.name}", unit="img")
     for s in range(0, len(ds), batch):
@@ -117,15 +115,13 @@ def onnx_outputs(path: Path, ds, pool, batch: int = 32):
 
 def text_encoder(run: dict, student):
     """Captions -> text embeddings: the shipped text-tower ONNX in ONNX Runtime when the run has one, else PyTorch."""
-    import onnxruntime as ort
     import torch
+
+    from compress.runtime import ort_session
 
     if not run.get("text_tower"):
         return lambda ps: student.encode_text(list(ps)), "PyTorch"
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    sess = ort.InferenceSession(str(Path(run["run_dir"]) / run["text_tower"]["path"]), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(Path(run["run_dir"]) / run["text_tower"]["path"], 1)
 
     def enc(ps):
         tok = student.tokenize(list(ps))
@@ -210,6 +206,16 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    merged = []
+    for other in args.merge:
+        try:
+            o = json.loads((Path(other) / "results.json").read_text())
+            o["teacher"], o["runs"], o["command"]  # noqa: B018  a results file of this benchmark
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --merge {other}: no readable results.json of distill_bench.py there ({type(e).__name__}); "
+                  "give a finished --out folder", file=sys.stderr)
+            return 2
+        merged.append((other, o))
     from compress.evaluation import zeroshot
     from compress.models.clip_prompts import HELD_OUT
     from compress.pruning.inherit import tower_params
@@ -235,8 +241,7 @@ def main(argv=None) -> int:
                      "teacher": {"top1": t["top1"], "top1_names_only": t["top1_names_only"], "images": len(labels),
                                  "params": tower_params(teacher.image_tower())},
                      "runs": [r for r in prev.get("runs", []) if r["variant"] not in variants]})
-    for other in args.merge:
-        o = json.loads((Path(other) / "results.json").read_text())
+    for other, o in merged:
         if o["teacher"] != _results["teacher"]:
             print(f"error: {other}/results.json scored another test set (teacher {o['teacher']})", file=sys.stderr)
             return 2

@@ -417,3 +417,6 @@ def test_distill_bench_variants_parse_and_a_bad_one_exits_2(capsys):
         assert bench.main(["--only", bad, "--out", "/nonexistent/never-written"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is not <inherit|random>" in err[0]
+    assert bench.main(["--only", "", "--merge", "/nonexistent/run", "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no readable results.json" in err[0]

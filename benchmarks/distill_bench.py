@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compress.utils.io import write_json  # noqa: E402
+
 DEFAULT = "inherit-affinity@0.5"
 LOSSES = ("affinity", "feature")
 
@@ -155,12 +157,6 @@ def score(run: dict, out: Path, teacher_scores: dict, labels, classes, ds, teach
                                                == teacher_scores["pred"]).double().mean() * 100),
               "score_cpu_seconds": time.process_time() - t0}
         write_json(out / "results.json", _results)
-
-
-def write_json(path: Path, obj) -> None:
-    from compress.utils.io import write_json as wj
-
-    wj(path, obj)
 
 
 _results: dict = {}

@@ -19,6 +19,10 @@ class WeightConfig(Strict):
     calibration: Literal["minmax", "mse"] = "mse"
     rounding: Literal["nearest", "gptq"] = "gptq"
     damp: float = Field(0.01, gt=0, le=1, description="GPTQ Hessian dampening, share of its mean diagonal")
+    # GPTAQ's asymmetric calibration: each layer is fitted to the float model's output on the float model's own
+    # input (least squares, then GPTQ), so the error already made upstream is compensated, not copied
+    asymmetric: bool = False
+    bias_correction: bool = False  # after rounding, shift the bias by the mean output error (Nagel et al. 2019)
 
 
 class ActivationConfig(Strict):

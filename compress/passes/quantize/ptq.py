@@ -26,6 +26,7 @@ from ... import ui
 from ...models.vit import Attention, Block, Mlp
 from .calibrate import channel_ranges, fit_activation, fit_log, fit_weight, output_objective, token_sample
 from .config import QuantizeConfig
+from .asymmetric import asymmetric_targets, float_stages as _float_stages
 from .gptq import factor, gptq_many, hessian_update, output_error
 from .modules import QuantConv2d, QuantLinear, QuantMatMul, wrap
 from .quantizers import LogQuantizer, weight_shape
@@ -318,44 +319,53 @@ class Calibrator:
             pe.weight.copy_(wq)
             set_enabled(pe, True)
         x_q = _run(model.embed, self.images)
-        # the float model's activations are only the reconstruction's target
-        x_fp = (_run(self.reference.embed, self.images) if self.reference is not None and self.reconstruct is not None
-                else None)
+        # the float model's activations: the reconstruction's target, and the asymmetric calibration's
+        w = self.cfg.weights
+        wanted = self.reconstruct is not None or w.asymmetric or w.bias_correction
+        x_fp = _run(self.reference.embed, self.images) if self.reference is not None and wanted else None
         for i, blk in ui.progress(enumerate(model.blocks), total=len(model.blocks), desc="calibrating blocks",
                                   unit="block"):
             if self.reconstruct is None and _canonical(blk):
-                x_q = self._staged(f"blocks.{i}", blk, x_q)
+                ref = self.reference.blocks[i] if x_fp is not None else None
+                x_q, x_fp = self._staged(f"blocks.{i}", blk, x_q, ref, x_fp)
                 ui.info(f"    block {i}: calibrated ({time.time() - t0:.0f}s)")
                 continue
             for group in _groups(self.cfg.attention.quantize):
                 self._calibrate_group(f"blocks.{i}", blk, group, x_q)
-            if self.reconstruct is not None and x_fp is not None:
+            if x_fp is not None:
                 y_fp = _run(self.reference.blocks[i], x_fp)
-                with torch.enable_grad():
-                    self.reconstruct(i, blk, x_q, y_fp)
+                if self.reconstruct is not None:
+                    with torch.enable_grad():
+                        self.reconstruct(i, blk, x_q, y_fp)
                 x_fp = y_fp
             x_q = _run(blk, x_q)
             ui.info(f"    block {i}: calibrated ({time.time() - t0:.0f}s)")
         return {"layer_error": self.layer_error, "activation_error": self.act_error, "seconds": time.time() - t0}
 
-    def _staged(self, prefix: str, blk: Block, x: torch.Tensor) -> torch.Tensor:
+    def _staged(self, prefix: str, blk: Block, x: torch.Tensor, ref: Block | None = None,
+                x_fp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Calibrate a canonical block with one forward in all: each group's input is computed once from the
         previous stage's (the same ops on the same chunks as ``Block.forward``, so the same values), instead
-        of re-running the block from its input for every group. Returns the quantized block's output."""
+        of re-running the block from its input for every group. ``ref``/``x_fp``: the float block and its input,
+        staged alongside for the asymmetric calibration. Returns both blocks' outputs."""
         att = self.cfg.attention.quantize
-        self._calibrate_group(prefix, blk, ("attn.q", "attn.k", "attn.v"), x, given=_run(blk.norm1, x))
+        stages_fp = _float_stages(ref, x_fp) if ref is not None else None
+        fp = (lambda name: next(stages_fp)) if stages_fp is not None else (lambda name: None)
+        self._calibrate_group(prefix, blk, ("attn.q", "attn.k", "attn.v"), x, given=_run(blk.norm1, x),
+                              given_fp=fp("norm1"))
         for group in _groups(att)[1:-3]:  # the attention matmuls, when quantized
             self._calibrate_group(prefix, blk, group, x)
         z = self._capture(blk, {"attn.proj": blk.attn.proj}, x)["attn.proj"][0]  # runs the attention
-        self._calibrate_group(prefix, blk, ("attn.proj",), x, given=z)
+        self._calibrate_group(prefix, blk, ("attn.proj",), x, given=z, given_fp=fp("attention"))
         h = torch.cat([xc + blk.ls1(blk.attn.proj(zc)) for xc, zc in zip(_chunks(x), _chunks(z))])
         del z
         u = _run(blk.norm2, h)
-        self._calibrate_group(prefix, blk, ("mlp.fc1",), x, given=u)
+        self._calibrate_group(prefix, blk, ("mlp.fc1",), x, given=u, given_fp=fp("norm2"))
         a = _run(lambda uc: blk.mlp.act(blk.mlp.fc1(uc)), u)
         del u
-        self._calibrate_group(prefix, blk, ("mlp.fc2",), x, given=a)
-        return torch.cat([hc + blk.ls2(blk.mlp.fc2(ac)) for hc, ac in zip(_chunks(h), _chunks(a))])
+        self._calibrate_group(prefix, blk, ("mlp.fc2",), x, given=a, given_fp=fp("gelu"))
+        y = torch.cat([hc + blk.ls2(blk.mlp.fc2(ac)) for hc, ac in zip(_chunks(h), _chunks(a))])
+        return y, (fp("output") if stages_fp is not None else None)
 
     def _capture(self, blk: nn.Module, mods: dict[str, nn.Module], x: torch.Tensor) -> dict[str, list]:
         """Inputs of ``mods`` while the block runs on ``x``; the forward stops once all are seen. Each input
@@ -388,7 +398,8 @@ class Calibrator:
         return got
 
     def _calibrate_group(self, prefix: str, blk: nn.Module, group: tuple[str, ...], x: torch.Tensor,
-                         given: torch.Tensor | None = None) -> None:
+                         given: torch.Tensor | None = None, given_fp: torch.Tensor | None = None) -> None:
+        """``given_fp``: the float model's input to the same group (asymmetric calibration / bias correction)."""
         mods = {n: blk.get_submodule(n) for n in group}
         mods = {n: m for n, m in mods.items() if isinstance(m, (QuantLinear, QuantMatMul))}
         if not mods:
@@ -427,7 +438,12 @@ class Calibrator:
         for xc in _chunks(xin, 4):  # the Gram matrix of the quantized input, a chunk at a time
             h = hessian_update(h, xc if aq is None else aq(xc))
         h = h / max(1, xin[..., 0].numel())
+        wcfg, shift = self.cfg.weights, None
+        if given_fp is not None and (wcfg.asymmetric or wcfg.bias_correction):
+            shift = asymmetric_targets(list(mods.values()), xin, given_fp, aq, h, wcfg)
         errs = quantize_weights(list(mods.values()), h, self.cfg)
+        if shift is not None:
+            shift.correct_bias(list(mods.values()))
         for n, m in mods.items():
             self.layer_error[f"{prefix}.{n}"] = errs[id(m)]
 

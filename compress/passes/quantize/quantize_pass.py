@@ -60,7 +60,9 @@ class QuantizePass(Pass):
             with measure() as phases["mixed"]:
                 bits, record["mixed"] = allocate_widths(model, images, cfg, relevance)
         recon = BlockReconstructor(cfg.reconstruction, len(model.blocks)) if cfg.reconstruction.enabled else None
-        reference = copy.deepcopy(model).eval() if recon is not None else None  # the reconstruction's target
+        # the float model: the reconstruction's target, and the asymmetric calibration's
+        asym = cfg.weights.asymmetric or cfg.weights.bias_correction
+        reference = copy.deepcopy(model).eval() if recon is not None or asym else None
         with measure() as phases["calibrate"]:
             out = ptq.quantize(model, cfg, images, bits, reference=reference, reconstruct=recon)
         del reference

@@ -177,3 +177,16 @@ def test_no_graph_survives_the_profile(tiny_model):
             h.remove()
     gc.collect()
     assert seen and all(r() is None for r in seen), "block outputs (and their graphs) outlived the profile"
+
+
+def test_tokens_target_explains_every_output_token(tiny_model):
+    """The tokens target seeds every output token (a dense head reads them all): the target gets relevance 1 per
+    image, conserved to the blocks as the pooled target's is; the scores differ from the pooled feature's."""
+    x = _images()
+    p = relevance_profile(tiny_model, [x], target="tokens", rule="cp", eps=1e-9, center=False)
+    assert p.target_kind == "tokens" and p.target == pytest.approx(1.0, abs=1e-6)
+    assert max(p.block_error()) < TIGHT
+    pooled_scores = relevance_profile(tiny_model, [x], target="feature").scores
+    tokens_scores = relevance_profile(tiny_model, [x], target="tokens").scores
+    assert sum(tokens_scores.values()) == pytest.approx(1.0, abs=1e-12)
+    assert tokens_scores != pytest.approx(pooled_scores, abs=1e-3)

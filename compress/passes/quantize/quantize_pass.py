@@ -46,7 +46,8 @@ class QuantizePass(Pass):
             from .relevance import relevance_profile
 
             with measure() as phases["relevance"]:
-                prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], rule=cfg.mixed.relevance_rule)
+                prof = relevance_profile(model, [images[: cfg.mixed.relevance_images]], target=cfg.mixed.relevance_target,
+                                         rule=cfg.mixed.relevance_rule)
             relevance = prof.scores
             record["relevance"] = {"scores": relevance, "rule": prof.rule, "target": prof.target_kind,
                                    "images": prof.images, "seconds": phases["relevance"]["wall_s"],

@@ -39,7 +39,7 @@ from ...models.pooling import pooled
 from ...models.vit import MatMul, Softmax, VisionTransformer
 
 RULES = ("attnlrp", "cp")
-TARGETS = ("auto", "feature", "logit")
+TARGETS = ("auto", "feature", "logit", "tokens")
 Rule = Literal["attnlrp", "cp"]
 
 
@@ -263,8 +263,8 @@ def _target_kind(model: nn.Module, target: str, head) -> str:
 
 def _output(model: nn.Module, x: torch.Tensor, kind: str, head) -> torch.Tensor:
     out = model(x)
-    if out.ndim == 3:  # encoder tokens -> what the probe reads
-        out = pooled(out, model.cfg.num_prefix_tokens)
+    if out.ndim == 3:  # encoder tokens -> what the probe reads, or every token (a dense head reads them all)
+        out = out.flatten(1) if kind == "tokens" else pooled(out, model.cfg.num_prefix_tokens)
     return head(out) if kind == "logit" and head is not None else out
 
 
@@ -275,7 +275,7 @@ def _seed(out: torch.Tensor, kind: str, center: torch.Tensor | None) -> torch.Te
     separates classes with; the mean acts as a bias). logit: the predicted class logit.
     """
     o = out.detach()
-    if kind == "feature":
+    if kind in ("feature", "tokens"):
         fc = o - center if center is not None else o
         return fc / (fc * fc).sum(1, keepdim=True).clamp_min(1e-30)
     pred = o.argmax(1, keepdim=True)
@@ -310,7 +310,7 @@ def relevance_profile(model: nn.Module, batches: Iterable[torch.Tensor], target:
     target_sum = pixel_sum = 0.0
     with _frozen(model):
         mean = center if isinstance(center, torch.Tensor) else None
-        if kind == "feature" and center is True and len(images) > 1:
+        if kind in ("feature", "tokens") and center is True and len(images) > 1:
             with torch.no_grad():
                 mean = torch.cat([_output(model, x, kind, head) for x in images.split(chunk)]).mean(0)
         with _Hooks(model, rule, eps) as hooks, torch.enable_grad():

@@ -236,14 +236,15 @@ def main(argv=None) -> int:
                                  "(the text tower: the teacher's MiniLM-L6, unchanged)",
                      "teacher": {"top1": t["top1"], "top1_names_only": t["top1_names_only"], "images": len(labels),
                                  "params": tower_params(teacher.image_tower())},
-                     "runs": [r for r in prev.get("runs", []) if r["variant"] not in variants]})
+                     "runs": [r for r in prev.get("runs", []) if r["variant"] not in variants],
+                     "merged": [m for m in prev.get("merged", []) if m["from"] not in args.merge]})
     for other, o in merged:
         if o["teacher"] != _results["teacher"]:
             print(f"error: {other}/results.json scored another test set (teacher {o['teacher']})", file=sys.stderr)
             return 2
         _results["runs"] = [r for r in _results["runs"] if r["variant"] not in {x["variant"] for x in o["runs"]}]
         _results["runs"] += o["runs"]
-        _results.setdefault("merged", []).append({"from": other, "command": o["command"]})
+        _results["merged"].append({"from": other, "command": o["command"]})
     variants = [v for v in variants if v not in {r["variant"] for r in _results["runs"]} or not args.merge]
     for v in variants:
         run = run_variant(v, out, args.set)

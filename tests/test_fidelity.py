@@ -222,3 +222,21 @@ def test_off_domain_counts_default_to_the_in_domain_probes(tiny_model, image_fol
                    tmp_path, None, str(image_folder))
     off = OffDomain(ev, "fashion-mnist")
     assert (len(off.train), len(off.test)) == (24, 16)
+
+
+def test_fidelity_screen_refuses_bad_variants_and_augments_deterministically(capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_screen.py"
+    spec = importlib.util.spec_from_file_location("fidelity_screen", path)
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    out = tmp_path / "screen.json"
+    assert fs.main(["--recipe", "recipes/int4-vit.yaml", "--variant", "x={bad", "--results", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--variant x: not JSON" in err and not out.exists()
+    x = torch.randn(4, 3, 32, 32)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    a, b = fs.augment(x, mean, std), fs.augment(x, mean, std)
+    assert torch.equal(a, b) and torch.equal(a[:2], x[:2]) and not torch.equal(a[2:], x[2:])

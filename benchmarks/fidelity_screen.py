@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from compress.data import load_subset  # noqa: E402
@@ -46,10 +47,14 @@ from compress.utils.io import write_json  # noqa: E402
 TEST_SEED = 123  # test images: the test split (disjoint from the train-split calibration images by construction)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def assignments(overrides: dict, prefix: str = "passes.quantize") -> list[str]:
+    """A variant's JSON as the recipe's own ``--set`` assignments (``key.path=value``)."""
+    out = []
+    for k, v in overrides.items():
+        if isinstance(v, dict) and v:
+            out += assignments(v, f"{prefix}.{k}")
+        else:
+            out.append(f"{prefix}.{k}={json.dumps(v)}")
     return out
 
 
@@ -105,8 +110,13 @@ def compare(ref, model, decoder: Decoder, x: torch.Tensor) -> dict:
 
 
 def screen(recipe_path: str, name: str, overrides: dict, images: int) -> dict:
-    recipe = read_recipe(recipe_path).recipe
-    qcfg = QuantizeConfig(**_merge(recipe.passes.get("quantize") or {}, overrides))
+    recipe = read_recipe(recipe_path, assignments(overrides)).recipe
+    try:
+        qcfg = QuantizeConfig(**(recipe.passes.get("quantize") or {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--variant {name}: passes.quantize.{'.'.join(map(str, err['loc']))}: {err['msg']}",
+                        "fix the variant's JSON") from None
     lm = load_model(recipe.model)
     model = lm.model.eval()
     FoldPass(FoldConfig(**(recipe.passes.get("fold") or {}))).run(types.SimpleNamespace(model=model), None)

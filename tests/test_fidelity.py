@@ -240,3 +240,19 @@ def test_fidelity_screen_refuses_bad_variants_and_augments_deterministically(cap
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     a, b = fs.augment(x, mean, std), fs.augment(x, mean, std)
     assert torch.equal(a, b) and torch.equal(a[:2], x[:2]) and not torch.equal(a[2:], x[2:])
+
+
+def test_fidelity_screen_variants_are_the_recipes_own_assignments(capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_screen.py"
+    spec = importlib.util.spec_from_file_location("fidelity_screen_b", path)
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    assert fs.assignments({"activations": {"bits": None}, "weights": {"asymmetric": True}}) == [
+        "passes.quantize.activations.bits=null", "passes.quantize.weights.asymmetric=true"]
+    out = tmp_path / "screen.json"
+    rc = fs.main(["--recipe", "recipes/int4-vit.yaml", "--variant", 'x={"weights": {"bitz": 4}}', "--results", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "weights.bitz" in err and not out.exists()

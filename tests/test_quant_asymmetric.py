@@ -8,7 +8,7 @@ import torch
 
 from compress.models import build
 from compress.passes.quantize import ptq
-from compress.passes.quantize.asymmetric import asymmetric_targets, float_stages
+from compress.passes.quantize.asymmetric import asymmetric_targets
 from compress.passes.quantize.config import QuantizeConfig
 from conftest import tiny_config
 
@@ -58,7 +58,7 @@ def test_float_stages_are_the_blocks_own_values():
     torch.manual_seed(0)
     blk = build(tiny_config(embed_dim=32, depth=1)).blocks[0].eval()
     x = torch.randn(10, 17, 32)
-    n1, z, u, a, y = list(float_stages(blk, x))
+    n1, z, u, a, y = list(ptq.float_stages(blk, x))
     with torch.no_grad():
         assert torch.allclose(n1, blk.norm1(x)) and torch.allclose(y, blk(x), atol=1e-6)
         h = x + blk.ls1(blk.attn.proj(z))

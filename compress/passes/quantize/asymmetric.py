@@ -9,41 +9,9 @@ Bias correction then removes the mean output error that is left: b += W mu_fp - 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn as nn
-
-CHUNK = 8  # images per forward
-
-
-def _run(fn, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([fn(c) for c in x.split(CHUNK)])
-
-
-@torch.no_grad()
-def float_stages(blk: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The float block's group inputs in calibration order (norm1 output, attention output before proj,
-    norm2 output, GELU output), then the block's output."""
-    n1 = _run(blk.norm1, x)
-    yield n1
-    parts: list[torch.Tensor] = []
-    hook = blk.attn.proj.register_forward_pre_hook(lambda _m, args: parts.append(args[0].detach()))
-    try:
-        _run(blk.attn, n1)
-    finally:
-        hook.remove()
-    del n1
-    z = torch.cat(parts)
-    yield z
-    h = x + _run(lambda c: blk.ls1(blk.attn.proj(c)), z)
-    del z
-    u = _run(blk.norm2, h)
-    yield u
-    a = _run(lambda c: blk.mlp.act(blk.mlp.fc1(c)), u)
-    del u
-    yield a
-    yield h + _run(lambda c: blk.ls2(blk.mlp.fc2(c)), a)
 
 
 @dataclass
@@ -93,4 +61,4 @@ def asymmetric_targets(mods: list[nn.Module], x_q: torch.Tensor, x_fp: torch.Ten
     return Targets(weights, sum_fp / n, sum_q / n, cfg.bias_correction)
 
 
-__all__ = ["Targets", "asymmetric_targets", "float_stages"]
+__all__ = ["Targets", "asymmetric_targets"]

@@ -17,7 +17,7 @@ every statistic that needs all tokens (post-LN ranges, Hessians) is reduced as s
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from ... import ui
 from ...models.vit import Attention, Block, Mlp
 from .calibrate import channel_ranges, fit_activation, fit_log, fit_weight, output_objective, token_sample
 from .config import QuantizeConfig
-from .asymmetric import asymmetric_targets, float_stages as _float_stages
+from .asymmetric import asymmetric_targets
 from .gptq import factor, gptq_many, hessian_update, output_error
 from .modules import QuantConv2d, QuantLinear, QuantMatMul, wrap
 from .quantizers import LogQuantizer, weight_shape
@@ -289,6 +289,31 @@ def _canonical(blk: nn.Module) -> bool:
     return type(blk) is Block and type(blk.attn) is Attention and type(blk.mlp) is Mlp
 
 
+@torch.no_grad()
+def float_stages(blk: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The float block's group inputs in ``Calibrator._staged``'s order (norm1 output, attention output before
+    proj, norm2 output, GELU output), then the block's output; each computed when asked for."""
+    n1 = _run(blk.norm1, x)
+    yield n1
+    parts: list[torch.Tensor] = []
+    hook = blk.attn.proj.register_forward_pre_hook(lambda _m, args: parts.append(args[0].detach()))
+    try:
+        _run(blk.attn, n1)
+    finally:
+        hook.remove()
+    del n1
+    z = torch.cat(parts)
+    yield z
+    h = x + _run(lambda c: blk.ls1(blk.attn.proj(c)), z)
+    del z
+    u = _run(blk.norm2, h)
+    yield u
+    a = _run(lambda c: blk.mlp.act(blk.mlp.fc1(c)), u)
+    del u
+    yield a
+    yield h + _run(lambda c: blk.ls2(blk.mlp.fc2(c)), a)
+
+
 class _Stop(Exception):
     """Raised by a capture hook: the rest of the block's forward is not needed."""
 
@@ -349,7 +374,7 @@ class Calibrator:
         of re-running the block from its input for every group. ``ref``/``x_fp``: the float block and its input,
         staged alongside for the asymmetric calibration. Returns both blocks' outputs."""
         att = self.cfg.attention.quantize
-        stages_fp = _float_stages(ref, x_fp) if ref is not None else None
+        stages_fp = float_stages(ref, x_fp) if ref is not None else None
         fp = (lambda name: next(stages_fp)) if stages_fp is not None else (lambda name: None)
         self._calibrate_group(prefix, blk, ("attn.q", "attn.k", "attn.v"), x, given=_run(blk.norm1, x),
                               given_fp=fp("norm1"))

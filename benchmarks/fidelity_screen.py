@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
+        if not 1 <= args.images <= 10_000:
+            raise UserError(f"--images {args.images}: must be 1 to 10000 test images per domain", "e.g. --images 48")
         variants = []
         for v in args.variant:
             name, _, text = v.partition("=")

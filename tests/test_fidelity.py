@@ -256,3 +256,6 @@ def test_fidelity_screen_variants_are_the_recipes_own_assignments(capsys, tmp_pa
     rc = fs.main(["--recipe", "recipes/int4-vit.yaml", "--variant", 'x={"weights": {"bitz": 4}}', "--results", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "weights.bitz" in err and not out.exists()
+    assert fs.main(["--recipe", "recipes/int4-vit.yaml", "--variant", "x={}", "--images", "0",
+                    "--results", str(out)]) == 2 and not out.exists()
+    assert fs.main(["--recipe", "no/such.yaml", "--variant", "x={}", "--results", str(out)]) == 2 and not out.exists()
